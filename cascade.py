@@ -1,0 +1,180 @@
+"""The five stages of the Noise2Music cascade (section 3.3, Tables 2, 3, 7 and 8).
+
+Two pipelines share the last stage (Figure 1 of the paper, figure-cascade.png):
+
+    waveform:     text -> wave-generator (3.2 kHz) -> cascader (16 kHz)  -> super-res (24 kHz)
+    spectrogram:  text -> spec-generator (log-mel)  -> vocoder (16 kHz)   -> super-res (24 kHz)
+
+This file holds, per stage and per scale, everything that differs between stages: the U-Net
+of Table 8 (`unet_config`), and the training and inference settings of Tables 2, 3 and 7
+(`stage_spec`). `full` is the paper; `toy` shrinks widths, depths, clip lengths and step counts
+so that the whole cascade trains on a 2-core CPU in minutes, through the same code.
+
+Parameter counts at `full` (`python cascade.py`, built on the meta device), assuming a T5-large
+text encoder (d_model = 1024; the paper does not name the T5 size, NOTES trap 4):
+
+    stage            ours     Table 2   difference
+    wave-generator   740.3M   724M      +2.3%
+    cascader         527.0M   487M      +8.2%
+    spec-generator   854.3M   745M      +14.7%
+    vocoder           35.7M   25.7M     +39%
+    super-res         89.3M   81M       +10.3%
+
+Where the last three come from, following Figure 5 literally (two k-wide convolutions, an FC
+on the residual path and a CombineEmb FC in every block; blocks doubled by the mirrored up path):
+  - vocoder: its convolutions alone are 2 paths * 4 blocks * 2 convs * 5 * (128^2 + 128^2 +
+    256^2 + 512^2) = 28.8M, already 3.1M above Table 2's 25.7M, before the residual FCs
+    (2.9M), the CombineEmb layers (2 * 4 * 128 * 2 * (128+128+256+512) = 2.1M) and the
+    re-sampling convolutions (1.8M). No reading of Figure 5 with these widths reaches 25.7M;
+    Table 2 may count a model with single convolutions or fewer up-path blocks.
+  - spec-generator: convolutions 2 * 6 * 2 * 9 * (256^2 + 2 * 512^2 + 768^2 + 1024^2) = 481M,
+    attention at the last two depths (self 4C^2 + cross 2C^2 + 2*C*1024 + two 2C MLPs 8C^2)
+    2 * 6 * (14 * (768^2 + 1024^2) + 2048 * (768 + 1024)) = 319M. Removing the residual FCs
+    (26.8M) would still leave +11%; a T5-base text width (768) saves only 11M more.
+  - super-res: convolutions 2 * 4 * 2 * 7 * (2 * 256^2 + 2 * 512^2) = 73.4M, residual FCs 5.2M,
+    CombineEmb 6.3M, re-sampling 4.2M: 89.3M, 0.3 points over the 10% band. We keep Figure 5
+    as drawn rather than drop a layer to fit a count.
+"""
+import math
+from dataclasses import dataclass, replace
+
+from unet1d import UNetConfig
+
+STAGES = ("wave-generator", "cascader", "spec-generator", "vocoder", "super-res")
+SCALES = ("toy", "full")
+
+FULL_TEXT_DIM = 1024    # T5-large / Flan-T5-large d_model, assumed (NOTES trap 4)
+TOY_TEXT_DIM = 128      # the toy T5 encoder trained here (text.py)
+F, T = False, True
+
+# Table 8, verbatim. Keys: base dim, kernel, strides, channel multipliers, blocks, self/cross-attn.
+_FULL_UNETS = {
+    "wave-generator": UNetConfig(256, 7, (4,) * 6, (1, 1, 2, 3, 4, 4), (3, 3, 3, 4, 4, 4), (F, F, F, T, T, T), (F, F, F, T, T, T), 8,
+                                 in_channels=1, text_dim=FULL_TEXT_DIM),
+    "cascader": UNetConfig(256, 7, (4,) * 5, (1, 1, 2, 3, 4), (3, 3, 4, 6, 6), (F,) * 5, (F, F, F, T, T), 8,
+                           in_channels=1, cond_channels=1, text_dim=FULL_TEXT_DIM),
+    "spec-generator": UNetConfig(256, 9, (4, 3, 2, 2, 2), (1, 2, 2, 3, 4), (6,) * 5, (F, F, F, T, T), (F, F, F, T, T), 8,
+                                 in_channels=80, text_dim=FULL_TEXT_DIM),
+    "vocoder": UNetConfig(128, 5, (2, 4, 4, 5), (1, 1, 2, 4), (4,) * 4, (F,) * 4, (F,) * 4, 8,
+                          in_channels=1, aligned_channels=80, aligned_rate=160),
+    "super-res": UNetConfig(256, 7, (4,) * 4, (1, 1, 2, 2), (4,) * 4, (F,) * 4, (F,) * 4, 8,
+                            in_channels=1, cond_channels=1),
+}
+
+# The toy presets: the same depths' roles (attention at the bottom, the vocoder's strides
+# multiplying to the 160-sample hop of a 100 fps spectrogram at 16 kHz), far smaller widths.
+_TOY_UNETS = {
+    "wave-generator": UNetConfig(32, 7, (4, 4, 4, 4), (1, 2, 3, 4), (1, 1, 2, 2), (F, F, T, T), (F, F, T, T), 4,
+                                 in_channels=1, text_dim=TOY_TEXT_DIM),
+    "cascader": UNetConfig(24, 7, (4, 4, 4), (1, 2, 3), (1, 1, 2), (F, F, F), (F, F, T), 4,
+                           in_channels=1, cond_channels=1, text_dim=TOY_TEXT_DIM),
+    "spec-generator": UNetConfig(64, 5, (2, 2, 2), (1, 2, 2), (1, 2, 2), (F, T, T), (F, T, T), 4,
+                                 in_channels=80, text_dim=TOY_TEXT_DIM),
+    "vocoder": UNetConfig(24, 5, (2, 4, 4, 5), (1, 1, 2, 4), (1, 1, 1, 2), (F,) * 4, (F,) * 4, 4,
+                          in_channels=1, aligned_channels=80, aligned_rate=160),
+    "super-res": UNetConfig(16, 7, (4, 4), (1, 2), (1, 1), (F, F), (F, F), 4,
+                            in_channels=1, cond_channels=1),
+}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Training (Table 2, section 4.1) and inference (Tables 3, 7) settings of one stage."""
+    name: str
+    output: str               # "wave" (B, 1, T) or "spec" (B, 80, frames)
+    sample_rate: int          # rate of the output audio; for "spec", the audio rate of the log-mel
+    frame_rate: int           # frames per second of the output sequence (= sample_rate for waves)
+    clip_seconds: float       # length of a generated clip
+    crop_seconds: tuple       # (min, max) random training crop, or () for the whole clip
+    token_len: int            # T5 tokens of the text prompt; 0 = no text route
+    loss_weighting: str       # w_t of eq. 1: "unit" or "sigma2"
+    schedule: str             # noise schedule: "cosine" or "linear"
+    cond_rate: int            # rate of the low-fidelity audio stacked with x_t; 0 = none
+    aligned: bool             # the spectrogram enters as the aligned input (vocoder)
+    aug_t_max: float          # conditioning noise augmentation, t ~ U[0, t_max]; 0 = none
+    blur: str                 # conditioning blur: "1d", "2d" or ""
+    blur_sigma: tuple         # (min, max) blur sigma
+    paper_train_steps: int    # Table 2 training steps
+    paper_batch: int          # section 4.1 batch size
+    steps: int                # inference steps (Table 7 lengths at full)
+    step_schedule: str        # Table 3: "front-heavy" / "back-heavy" / "uniform"
+    gamma: float              # Table 3 stochasticity of eq. 4
+    w: float                  # Table 3 CFG scale (1 = no guidance)
+
+    @property
+    def has_text(self):
+        return self.token_len > 0
+
+    @property
+    def length(self):
+        """Sequence length of a whole clip at this stage's output rate."""
+        return round(self.clip_seconds * self.frame_rate)
+
+
+_FULL_SPECS = {
+    "wave-generator": StageSpec("wave-generator", "wave", 3200, 3200, 30.0, (), 64, "unit", "cosine", 0, False,
+                                0.0, "", (), 1_600_000, 2048, 1000, "front-heavy", 0.0, 10.0),
+    "cascader": StageSpec("cascader", "wave", 16000, 16000, 30.0, (3.0, 4.0), 64, "unit", "linear", 3200, False,
+                          0.5, "1d", (0.1, 5.0), 460_000, 2048, 800, "front-heavy", 1.0, 5.0),
+    "spec-generator": StageSpec("spec-generator", "spec", 16000, 100, 30.0, (), 96, "sigma2", "linear", 0, False,
+                                0.0, "", (), 1_800_000, 2048, 2000, "back-heavy", 0.0, 5.0),
+    "vocoder": StageSpec("vocoder", "wave", 16000, 16000, 30.0, (3.0, 4.0), 0, "unit", "linear", 0, True,
+                         1.0, "2d", (0.2, 1.0), 840_000, 2048, 100, "front-heavy", 0.0, 1.0),
+    # Super-res crops are not stated in the paper; we use the cascader's 3-4 s.
+    "super-res": StageSpec("super-res", "wave", 24000, 24000, 30.0, (3.0, 4.0), 0, "unit", "linear", 16000, False,
+                           1.0, "", (), 270_000, 4096, 800, "front-heavy", 0.0, 1.0),
+}
+
+TOY_CLIP_SECONDS = 4.0
+_TOY_STEPS = {"wave-generator": 100, "cascader": 40, "spec-generator": 100, "vocoder": 25, "super-res": 20}
+
+
+def _toy_spec(full: StageSpec) -> StageSpec:
+    """Shrink a full-scale spec: 4 s clips, crops scaled by 4/30, half the tokens, fewer steps."""
+    k = TOY_CLIP_SECONDS / full.clip_seconds
+    crop = tuple(round(c * k, 3) for c in full.crop_seconds)
+    return replace(full, clip_seconds=TOY_CLIP_SECONDS, crop_seconds=crop, token_len=full.token_len // 2,
+                   paper_batch=full.paper_batch, steps=_TOY_STEPS[full.name])
+
+
+def _check(stage, scale):
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose 'toy' or 'full'")
+
+
+def unet_config(stage, scale="toy", text_dim=None) -> UNetConfig:
+    """The U-Net of `stage` at `scale` ("full" is Table 8); text_dim overrides the T5 width."""
+    _check(stage, scale)
+    cfg = (_FULL_UNETS if scale == "full" else _TOY_UNETS)[stage]
+    if text_dim is not None and cfg.text_dim:
+        cfg = replace(cfg, text_dim=text_dim)
+    return replace(cfg)
+
+
+def stage_spec(stage, scale="toy") -> StageSpec:
+    """Training and inference settings of `stage` at `scale` (Tables 2, 3, 7 at "full")."""
+    _check(stage, scale)
+    full = _FULL_SPECS[stage]
+    return full if scale == "full" else _toy_spec(full)
+
+
+def parameter_counts(scale="full"):
+    """{stage: parameter count}, built on the meta device (no memory, no time)."""
+    import torch
+    from unet1d import UNet1D, count_parameters
+    counts = {}
+    for stage in STAGES:
+        with torch.device("meta"):
+            counts[stage] = count_parameters(UNet1D(unet_config(stage, scale)))
+    return counts
+
+
+PAPER_PARAMS = {"wave-generator": 724e6, "cascader": 487e6, "spec-generator": 745e6, "vocoder": 25.7e6, "super-res": 81e6}
+
+if __name__ == "__main__":
+    for scale in SCALES:
+        for stage, n in parameter_counts(scale).items():
+            extra = f"  Table 2: {PAPER_PARAMS[stage] / 1e6:.1f}M ({n / PAPER_PARAMS[stage] - 1:+.1%})" if scale == "full" else ""
+            print(f"{scale:4s} {stage:15s} {n / 1e6:8.2f}M{extra}")

@@ -1,0 +1,112 @@
+"""The 1-D Efficient U-Net: shapes, routes, CFG dropout, gradients, overfitting, and Table 2's sizes."""
+import pytest
+import torch
+
+import cascade
+from unet1d import UNet1D, UNetConfig
+
+
+def _inputs(cfg, B, T, text_len=5):
+    g = torch.Generator().manual_seed(0)
+    kw = {}
+    if cfg.cond_channels:
+        kw["cond"] = torch.randn(B, cfg.cond_channels, T, generator=g)
+    if cfg.text_dim:
+        kw["text"] = torch.randn(B, text_len, cfg.text_dim, generator=g)
+        mask = torch.ones(B, text_len, dtype=torch.bool)
+        mask[0, 3:] = False                                  # padding in the batch
+        kw["text_mask"] = mask
+    if cfg.aligned_channels:
+        kw["aligned"] = torch.randn(B, cfg.aligned_channels, -(-T // cfg.aligned_rate), generator=g)
+    x = torch.randn(B, cfg.in_channels, T, generator=g)
+    return x, torch.rand(B, generator=g), kw
+
+
+@pytest.mark.parametrize("stage", cascade.STAGES)
+def test_output_shape_equals_input_shape_odd_lengths(stage):
+    cfg = cascade.unet_config(stage, "toy")
+    model = UNet1D(cfg).eval()
+    S = cfg.total_stride
+    lengths = [2 * S, 2 * S + 1, 3 * S - 7] if not cfg.aligned_channels else [2 * S, 3 * S]
+    for T in lengths:
+        x, t, kw = _inputs(cfg, 2, T)
+        with torch.no_grad():
+            assert model(x, t, **kw).shape == x.shape
+
+
+def test_every_parameter_gets_a_gradient():
+    for stage in cascade.STAGES:
+        cfg = cascade.unet_config(stage, "toy")
+        model = UNet1D(cfg)
+        x, t, kw = _inputs(cfg, 2, cfg.total_stride * 2)
+        model(x, t, **kw).pow(2).mean().backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+        assert not missing, f"{stage}: no gradient for {missing}"
+
+
+def test_dropped_text_equals_unconditional_path():
+    cfg = cascade.unet_config("wave-generator", "toy")
+    model = UNet1D(cfg).eval()
+    x, t, kw = _inputs(cfg, 3, 512)
+    drop = torch.tensor([True, False, True])
+    with torch.no_grad():
+        dropped = model(x, t, drop_text=drop, **kw)
+        uncond = model(x, t)
+        cond = model(x, t, **kw)
+    torch.testing.assert_close(dropped[drop], uncond[drop], rtol=0, atol=1e-6)
+    torch.testing.assert_close(dropped[~drop], cond[~drop], rtol=0, atol=1e-6)
+    assert (cond - uncond).abs().max() > 1e-4                 # the text does reach the output
+
+
+def test_text_padding_is_masked():
+    cfg = cascade.unet_config("wave-generator", "toy")
+    model = UNet1D(cfg).eval()
+    x, t, kw = _inputs(cfg, 2, 512)
+    with torch.no_grad():
+        a = model(x, t, **kw)
+        kw["text"][0, 3:] = 1e3 * torch.randn(2, cfg.text_dim)   # change only masked positions
+        b = model(x, t, **kw)
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-5)
+
+
+def test_aligned_input_changes_output():
+    cfg = cascade.unet_config("vocoder", "toy")
+    model = UNet1D(cfg).eval()
+    x, t, kw = _inputs(cfg, 2, 320)
+    with torch.no_grad():
+        a = model(x, t, **kw)
+        b = model(x, t, aligned=torch.zeros_like(kw["aligned"]))
+    assert (a - b).abs().max() > 1e-4
+    with pytest.raises(ValueError):
+        model(x, t)
+
+
+def test_tiny_unet_overfits_one_batch():
+    torch.manual_seed(0)
+    cfg = UNetConfig(16, 3, (2, 2), (1, 2), (1, 1), (False, True), (False, True), 2, text_dim=8)
+    model = UNet1D(cfg)
+    x, t, kw = _inputs(cfg, 4, 64)
+    target = torch.randn_like(x)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(300):
+        loss = (model(x, t, **kw) - target).pow(2).mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 10
+
+
+def test_full_parameter_counts_near_table2():
+    counts = cascade.parameter_counts("full")
+    # Within 10% where Figure 5 allows; the docstring of cascade.py shows the arithmetic of the others.
+    bands = {"wave-generator": 0.10, "cascader": 0.10, "spec-generator": 0.15, "vocoder": 0.40, "super-res": 0.11}
+    for stage, n in counts.items():
+        assert abs(n / cascade.PAPER_PARAMS[stage] - 1) < bands[stage], (stage, n)
+
+
+def test_config_round_trip():
+    cfg = cascade.unet_config("spec-generator", "full")
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.strides == (4, 3, 2, 2, 2) and cfg.channels == [256, 512, 512, 768, 1024]
