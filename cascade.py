@@ -35,13 +35,15 @@ on the residual path and a CombineEmb FC in every block; blocks doubled by the m
     CombineEmb 6.3M, re-sampling 4.2M: 89.3M, 0.3 points over the 10% band. We keep Figure 5
     as drawn rather than drop a layer to fit a count.
 """
-import math
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from unet1d import UNetConfig
 
 STAGES = ("wave-generator", "cascader", "spec-generator", "vocoder", "super-res")
 SCALES = ("toy", "full")
+MEL_FPS = 100           # frames per second of the log-mel (section 3.3.2)
 
 FULL_TEXT_DIM = 1024    # T5-large / Flan-T5-large d_model, assumed (NOTES trap 4)
 TOY_TEXT_DIM = 128      # the toy T5 encoder trained here (text.py)
@@ -178,3 +180,64 @@ if __name__ == "__main__":
         for stage, n in parameter_counts(scale).items():
             extra = f"  Table 2: {PAPER_PARAMS[stage] / 1e6:.1f}M ({n / PAPER_PARAMS[stage] - 1:+.1%})" if scale == "full" else ""
             print(f"{scale:4s} {stage:15s} {n / 1e6:8.2f}M{extra}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The wiring of each stage's inputs (Figure 1, section 3.3)
+
+def low_fidelity(wave, rate, low_rate):
+    """The cascaders' conditioning: the clip taken down to low_rate, then FFT-up-sampled back.
+
+    Whole clips in, whole clips out (NOTES trap 6: FFT resampling treats the clip as periodic, so
+    resample first and crop after). wave: [... x T] at `rate`.
+    """
+    from data import fft_resample
+    T = wave.shape[-1]
+    up = fft_resample(fft_resample(wave, rate, low_rate), low_rate, rate)
+    return up[..., :T]
+
+
+def fit_length(x, length):
+    """Zero-pad or cut the last axis of a numpy array to `length`."""
+    if x.shape[-1] >= length:
+        return x[..., :length]
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])])
+
+
+def training_example(spec: StageSpec, wave, crop, rng):
+    """One clip's training tensors for `spec`'s stage, as numpy arrays.
+
+    :param wave: the clip, float32 [T] at spec.sample_rate (the whole clip, uncropped).
+    :param crop: the batch's crop length in samples (0 = the whole clip, the generators).
+    :param rng: a numpy Generator for the crop position.
+    :return: dict with "x0" [C x T'] (audio or log-mel), and "cond" [1 x T'] (the up-sampled
+        low-fidelity audio of the cascaders) or "aligned" [80 x T'/160] (the vocoder's log-mel).
+    """
+    from data import log_mel, random_crop
+    if not crop:                                            # generators: the whole clip
+        wave = fit_length(wave, round(spec.clip_seconds * spec.sample_rate))
+    if spec.output == "spec":
+        return {"x0": log_mel(wave, spec.sample_rate)}      # (80, frames)
+    signals, hops = [wave[None]], [1]                       # (1, T)
+    if spec.cond_rate:
+        signals.append(low_fidelity(wave, spec.sample_rate, spec.cond_rate)[None])
+        hops.append(1)
+    if spec.aligned:
+        signals.append(log_mel(wave, spec.sample_rate))     # (80, T // 160)
+        hops.append(spec.sample_rate // MEL_FPS)
+    if crop:
+        signals = random_crop(signals, crop, rng, hops)
+    out = {"x0": signals[0]}
+    if spec.cond_rate:
+        out["cond"] = signals[1]
+    if spec.aligned:
+        out["aligned"] = signals[-1]
+    return out
+
+
+def crop_length(spec: StageSpec, rng):
+    """One crop length (samples) for a batch: U[crop_seconds], whole spectrogram frames; 0 = none."""
+    from data import draw_crop_length
+    if not spec.crop_seconds:
+        return 0
+    return draw_crop_length(*spec.crop_seconds, spec.sample_rate, rng, multiple=spec.sample_rate // MEL_FPS)

@@ -1,0 +1,509 @@
+"""Train one stage of the Noise2Music cascade (section 4.1), or all of them at toy scale.
+
+    python train.py --stage wave-generator --scale toy          # one stage, toy corpus
+    python train.py --stage all                                  # the whole toy cascade
+    python train.py --stage vocoder --scale full --data my/manifest.jsonl --t5 t5-v1_1-large
+    torchrun --nproc_per_node=8 train.py --stage cascader --scale full --data ...
+
+The recipe of section 4.1: Adam (0.9, 0.999); a cosine learning rate with linear warm-up (full:
+peak 1e-4, 10k warm-up steps, cosine end point 2.5M steps); an EMA of the weights (full: 0.9999),
+whose weights the sampler uses; the text hidden for 10% of each batch by zeroing the
+cross-attention output; each stage's loss weight and noise schedule of Table 2; the crops and
+conditioning augmentations of data.py; gradient accumulation up to the paper's batch sizes
+(2048, 4096 for super-res) at full scale; bfloat16 autocast on GPU; gradient clipping at 1.
+
+Determinism: every random draw of step s (clips, crops, texts, t, eps, augmentations, CFG
+dropout) comes from generators seeded by (seed, rank, s) alone, so a run resumed from a
+checkpoint at step s continues exactly as the uninterrupted run (bitwise on CPU, tested).
+Differences from the paper at toy scale: far fewer steps, a larger learning rate (1e-3), an EMA
+decay of 0.999 with the usual (1 + n) / (10 + n) warm-up, and no gradient accumulation.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import cascade
+import data
+import diffusion
+import text
+from unet1d import UNet1D, UNetConfig, count_parameters
+
+FORMAT_VERSION = 1
+TOY_DATA = "toy_data/corpus"                 # the toy corpus, built on first use
+TOY_T5 = "checkpoints/toy/t5"                # the toy text encoder (text.py / pseudolabel.py)
+# Toy steps and batch per stage: sized so that `--stage all` fits in an hour on 2 CPU cores.
+TOY_STEPS = {"wave-generator": 3000, "cascader": 1500, "spec-generator": 2500, "vocoder": 1500, "super-res": 800}
+TOY_BATCH = {"wave-generator": 16, "cascader": 8, "spec-generator": 16, "vocoder": 8, "super-res": 8}
+
+
+@dataclass
+class TrainConfig:
+    """Every flag of train.py: the command line is generated from these fields."""
+    stage: str = field(default="wave-generator", metadata={"help": f"one of {', '.join(cascade.STAGES)}, or all"})
+    scale: str = field(default="toy", metadata={"help": "toy or full (the paper's Tables 2 and 8)"})
+    data: str = field(default="", metadata={"help": "manifest.jsonl (default: the toy corpus, built on first use)"})
+    out: str = field(default="runs/toy", metadata={"help": "run folder: checkpoints, logs, snapshots"})
+    steps: int = field(default=0, metadata={"help": "optimizer steps (default: toy table, or Table 2 at full)"})
+    batch_size: int = field(default=0, metadata={"help": "examples per step per process (default per stage)"})
+    grad_accum: int = field(default=0, metadata={"help": "micro-batches per step (default: 1 toy, up to the paper's batch at full)"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT/STAGE.pt"})
+    t5: str = field(default="", metadata={"help": "Hugging Face-format T5 directory (default: the toy encoder)"})
+    lr: float = field(default=0.0, metadata={"help": "peak learning rate (default 1e-3 toy, 1e-4 full)"})
+    warmup: int = field(default=-1, metadata={"help": "warm-up steps (default 100 toy, 10000 full)"})
+    lr_end: int = field(default=0, metadata={"help": "cosine end point (default: steps toy, 2.5M full)"})
+    ema_decay: float = field(default=0.0, metadata={"help": "EMA decay (default 0.999 toy, 0.9999 full)"})
+    text_dropout: float = field(default=0.1, metadata={"help": "share of examples trained without text (CFG)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    workers: int = field(default=1, metadata={"help": "DataLoader worker processes"})
+    ckpt_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
+    eval_every: int = field(default=1000, metadata={"help": "steps between audio snapshots and loss plots (0: off)"})
+    log_every: int = field(default=50, metadata={"help": "steps between log lines"})
+    device: str = field(default="", metadata={"help": "cpu or cuda (default: cuda when available)"})
+    dry_run: bool = field(default=False, metadata={"help": "build each stage, print its size and memory estimate, exit"})
+    stop_at: int = field(default=0, metadata={"help": "stop (with a checkpoint) after this step, as if killed (tests)"})
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train a stage of the Noise2Music cascade (section 4.1).")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
+    args = parser.parse_args(argv)
+    if args.stage not in cascade.STAGES + ("all",):
+        parser.error(f"--stage must be one of {', '.join(cascade.STAGES)}, all")
+    if args.scale not in cascade.SCALES:
+        parser.error("--scale must be toy or full")
+    if args.stage == "all" and args.scale != "toy" and not args.dry_run:
+        parser.error("--stage all trains the toy cascade; train full-scale stages one by one")
+    for name in ("steps", "batch_size", "grad_accum", "stop_at"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative")
+    if args.data and not os.path.exists(args.data):
+        parser.error(f"--data {args.data}: no such file")
+    return TrainConfig(**vars(args))
+
+
+def fill_defaults(cfg: TrainConfig, spec: cascade.StageSpec) -> TrainConfig:
+    """Scale-dependent defaults (0 or -1 in a field means 'the default')."""
+    toy = cfg.scale == "toy"
+    c = dataclasses.replace(cfg)
+    c.steps = c.steps or (TOY_STEPS[spec.name] if toy else spec.paper_train_steps)
+    c.batch_size = c.batch_size or (TOY_BATCH[spec.name] if toy else 8)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    c.grad_accum = c.grad_accum or (1 if toy else max(1, spec.paper_batch // (c.batch_size * world)))
+    c.lr = c.lr or (1e-3 if toy else 1e-4)
+    c.warmup = c.warmup if c.warmup >= 0 else (100 if toy else 10_000)
+    c.lr_end = c.lr_end or (c.steps if toy else 2_500_000)
+    c.ema_decay = c.ema_decay or (0.999 if toy else 0.9999)
+    return c
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: every batch is a pure function of (seed, rank, step)
+
+class StageBatches(torch.utils.data.Dataset):
+    """Item s is the whole batch of step s: clips, crop, texts, all drawn from (seed, rank, s)."""
+
+    def __init__(self, spec, clips, batch_size, seed, rank, count_tokens=None):
+        self.spec, self.clips, self.batch_size = spec, clips, batch_size
+        self.seed, self.rank = seed, rank
+        self.texts = [data.text_entries(entry, spec.token_len, count_tokens) if spec.has_text else []
+                      for entry, _ in clips]
+
+    def __len__(self):
+        return 1 << 40
+
+    def __getitem__(self, step):
+        rng = np.random.default_rng([self.seed, self.rank, step])
+        crop = cascade.crop_length(self.spec, rng)
+        picks = rng.integers(len(self.clips), size=self.batch_size)
+        examples = [cascade.training_example(self.spec, self.clips[i][1], crop, rng) for i in picks]
+        batch = {k: torch.from_numpy(np.stack([e[k] for e in examples])).float() for k in examples[0]}
+        batch["text"] = [data.draw_text(self.texts[i], rng) for i in picks]
+        return batch
+
+
+def load_stage_clips(cfg, spec):
+    """(clips, manifest path): the stage's audio at its rate, cut into clips (cached on disk)."""
+    manifest = cfg.data or os.path.join(TOY_DATA, "manifest.jsonl")
+    if not cfg.data and not os.path.exists(manifest):
+        build_toy_corpus()
+    entries = data.read_manifest(manifest)
+    cache = os.path.join(os.path.dirname(os.path.abspath(manifest)), ".cache")
+    clips, skipped = data.load_clips(entries, spec.sample_rate, spec.clip_seconds, cache_dir=cache,
+                                     progress=is_main())
+    if not clips:
+        raise SystemExit(f"train.py: no usable audio in {manifest} ({len(skipped)} files skipped)")
+    return clips, manifest
+
+
+def build_toy_corpus():
+    import toy_corpus
+    print(f"building the toy corpus in {TOY_DATA} (first use)")
+    toy_corpus.main(["--out", TOY_DATA]) if hasattr(toy_corpus, "main") else data.main(["toy", "--out", TOY_DATA])
+
+
+# ------------------------------------------------------------------------------------------------
+# Model, optimizer, EMA, learning rate, checkpoints
+
+def learning_rate(step, cfg):
+    """Linear warm-up to the peak, then cosine decay to zero at cfg.lr_end (section 4.1)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.lr_end - cfg.warmup))
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay, step):
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - d)
+
+
+def atomic_save(obj, path):
+    """Write to a temporary file in the same folder, flush to disk, then rename over `path`."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def checkpoint_path(cfg, stage):
+    return os.path.join(cfg.out, f"{stage}.pt")
+
+
+def save_checkpoint(cfg, stage, step, model, ema, opt, unet_cfg, t5_path, losses):
+    """One file per stage, always the latest (the rename is the pointer); a JSON note beside it."""
+    ckpt = {"format_version": FORMAT_VERSION, "stage": stage, "scale": cfg.scale, "step": step,
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            "config": unet_cfg.to_dict(), "train_config": dataclasses.asdict(cfg), "t5": t5_path,
+            "losses": losses[-10000:]}
+    path = checkpoint_path(cfg, stage)
+    atomic_save(ckpt, path)
+    with open(path + ".json.tmp", "w") as f:
+        json.dump({"latest": os.path.basename(path), "step": step}, f)
+    os.replace(path + ".json.tmp", path + ".json")
+
+
+def load_checkpoint(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:        # a user-facing one-liner: which file, what went wrong
+        raise SystemExit(f"train.py: cannot read checkpoint {path}: {e}".splitlines()[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# Distributed set-up (torchrun)
+
+def is_main():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def setup_distributed(device):
+    if "RANK" not in os.environ:
+        return 0, 1
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist.get_rank(), dist.get_world_size()
+
+
+# ------------------------------------------------------------------------------------------------
+# One training step
+
+def condition(batch, spec, text_cache, gen, text_dropout, device):
+    """Augment the conditioning input and encode the text: the model's keyword arguments."""
+    kw = {}
+    aug = data.AUGMENTATIONS.get(spec.name)
+    if "cond" in batch:
+        kw["cond"], _ = data.augment_conditioning(batch["cond"], aug, spec.schedule, gen)
+    if "aligned" in batch:
+        kw["aligned"], _ = data.augment_conditioning(batch["aligned"], aug, spec.schedule, gen)
+    if spec.has_text:
+        emb, mask = text_cache(batch["text"])                          # (B, L, D), (B, L)
+        empty = torch.tensor([t == "" for t in batch["text"]])
+        kw["text"], kw["text_mask"] = emb, mask
+        kw["drop_text"] = (torch.rand(len(batch["text"]), generator=gen) < text_dropout) | empty
+    return {k: v.to(device) for k, v in kw.items()}
+
+
+def loss_on_batch(model, batch, spec, text_cache, cfg, gen, device):
+    """Eq. 1: || eps_hat(alpha_t x0 + sigma_t eps, t) - eps ||^2, weighted by w_t."""
+    x0 = batch["x0"]
+    kw = condition(batch, spec, text_cache, gen, cfg.text_dropout, device)
+    t = torch.rand(x0.shape[0], generator=gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    x0, t, eps = x0.to(device), t.to(device), eps.to(device)
+    x_t = diffusion.q_sample(x0, t, eps, spec.schedule)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        eps_hat = model(x_t, t, **kw)
+    return diffusion.diffusion_loss(eps_hat.float(), eps, t, spec.schedule, spec.loss_weighting)
+
+
+# ------------------------------------------------------------------------------------------------
+# Snapshots: a sample and a loss curve in the run folder at eval intervals
+
+def snapshot(cfg, spec, ema, batch, text_cache, step, losses, device):
+    """Write OUT/snapshots/STAGE_STEP.wav (a short EMA sample) and OUT/STAGE_loss.png."""
+    import soundfile as sf
+    folder = os.path.join(cfg.out, "snapshots")
+    os.makedirs(folder, exist_ok=True)
+    one = {k: (v[:1] if torch.is_tensor(v) else v[:1]) for k, v in batch.items()}
+    gen = torch.Generator().manual_seed(0)
+    kw = condition(one, spec, text_cache, gen, 0.0, device)
+    kw.pop("drop_text", None)
+    eps_fn = lambda x, t: ema(x, t, **kw).float()
+    deltas = diffusion.step_schedule("uniform", 20)
+    x = diffusion.sample(eps_fn, torch.randn(one["x0"].shape, generator=gen).to(device), deltas, spec.schedule, 0.0, gen)
+    if spec.output == "spec":
+        np.save(os.path.join(folder, f"{spec.name}_{step:07d}.npy"), x[0].cpu().numpy())
+    else:
+        wave = x[0, 0].clamp(-1, 1).cpu().numpy()
+        sf.write(os.path.join(folder, f"{spec.name}_{step:07d}.wav"), wave, spec.sample_rate)
+    plot_losses(losses, os.path.join(cfg.out, f"{spec.name}_loss.png"))
+
+
+def plot_losses(losses, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return                      # plotting is optional
+    steps, values = zip(*losses)
+    plt.figure(figsize=(6, 3))
+    plt.semilogy(steps, values, lw=0.5)
+    plt.xlabel("step")
+    plt.ylabel("loss")
+    plt.tight_layout()
+    plt.savefig(path)
+    plt.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Dry run: sizes and memory at full scale without allocating anything
+
+def dry_run(cfg):
+    stages = cascade.STAGES if cfg.stage == "all" else (cfg.stage,)
+    for stage in stages:
+        spec = cascade.stage_spec(stage, cfg.scale)
+        ucfg = cascade.unet_config(stage, cfg.scale)
+        with torch.device("meta"):
+            model = UNet1D(ucfg)
+        n = count_parameters(model)
+        length = round((spec.crop_seconds[1] if spec.crop_seconds else spec.clip_seconds) * spec.frame_rate)
+        acts = activation_bytes(model, ucfg, length)
+        states = n * (4 + 4 + 8 + 4)                 # weights, gradients, Adam moments, EMA (fp32)
+        print(f"{stage:15s} {n / 1e6:8.1f}M params  {states / 2**30:6.2f} GiB weights+grads+Adam+EMA  "
+              f"{acts / 2**30:6.2f} GiB activations per example of length {length} (fp32)")
+
+
+def activation_bytes(model, ucfg, length):
+    """Sum of every module's output size in one forward pass (meta tensors): activations kept for backward."""
+    total = [0]
+
+    def hook(_, __, out):
+        if torch.is_tensor(out):
+            total[0] += out.numel() * 4
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    with torch.device("meta"):
+        x = torch.zeros(1, ucfg.in_channels, length)
+        kw = {"cond": torch.zeros(1, ucfg.cond_channels, length)} if ucfg.cond_channels else {}
+        if ucfg.text_dim:
+            kw.update(text=torch.zeros(1, 64, ucfg.text_dim), text_mask=torch.ones(1, 64, dtype=torch.bool))
+        if ucfg.aligned_channels:
+            kw["aligned"] = torch.zeros(1, ucfg.aligned_channels, length // ucfg.aligned_rate)
+        model(x, torch.zeros(1), **kw)
+    for h in handles:
+        h.remove()
+    return total[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# The training script
+
+def train_stage(cfg: TrainConfig, stage: str):
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world = setup_distributed(device)
+    spec = cascade.stage_spec(stage, cfg.scale)
+    cfg = fill_defaults(dataclasses.replace(cfg, stage=stage), spec)
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt = load_checkpoint(checkpoint_path(cfg, stage)) if cfg.resume and os.path.exists(checkpoint_path(cfg, stage)) else None
+    if cfg.resume and ckpt is None and is_main():
+        print(f"no checkpoint at {checkpoint_path(cfg, stage)}: starting from scratch")
+
+    # text encoder (frozen) and its embedding cache
+    text_cache, t5_path, count_tokens = None, "", None
+    if spec.has_text:
+        t5_path = (ckpt or {}).get("t5") or cfg.t5 or TOY_T5
+        tokenizer, encoder = load_text_encoder(t5_path)
+        text_cache = text.EmbeddingCache(tokenizer, encoder.eval(), spec.token_len)
+        count_tokens = lambda s: len(tokenizer.sp.encode(s)) + 1        # pieces + EOS
+
+    # model: architecture from the checkpoint when resuming, else from the stage table
+    text_dim = text_cache.encoder.config.d_model if text_cache else None
+    unet_cfg = UNetConfig.from_dict(ckpt["config"]) if ckpt else cascade.unet_config(stage, cfg.scale, text_dim)
+    torch.manual_seed(cfg.seed)
+    model = UNet1D(unet_cfg).to(device)
+    ema = UNet1D(unet_cfg).to(device).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    step, losses = 0, []
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, losses = ckpt["step"], [tuple(x) for x in ckpt.get("losses", [])]
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    clips, manifest = load_stage_clips(cfg, spec)
+    batches = StageBatches(spec, clips, cfg.batch_size, cfg.seed, rank, count_tokens)
+    sampler = range(step * cfg.grad_accum, cfg.steps * cfg.grad_accum)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=sampler, num_workers=cfg.workers,
+                                         persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+    if is_main():
+        print(f"{stage}: {count_parameters(model) / 1e6:.2f}M params, {len(clips)} clips from {manifest}, "
+              f"{cfg.steps} steps of {cfg.batch_size} x {cfg.grad_accum} x {world} on {device}")
+
+    from tqdm import tqdm
+    bar = tqdm(total=cfg.steps, initial=step, desc=stage, disable=not is_main(), dynamic_ncols=True)
+    log = open(os.path.join(cfg.out, f"{stage}.log.jsonl"), "a") if is_main() else None
+    micro = iter(loader)
+    t0, start_step = time.time(), step
+    while step < cfg.steps:
+        lr = learning_rate(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        total = 0.0
+        for k in range(cfg.grad_accum):
+            batch = next(micro)
+            gen = torch.Generator().manual_seed(step_seed(cfg.seed, rank, step, k))
+            sync = k == cfg.grad_accum - 1 or world == 1
+            with (ddp.no_sync() if not sync else _nullcontext()):
+                loss = loss_on_batch(ddp, batch, spec, text_cache, cfg, gen, device)
+                (loss / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+        if not math.isfinite(total):                      # NaN guard: keep the last good checkpoint
+            raise SystemExit(f"train.py: loss is {total} at step {step}; stopped, {checkpoint_path(cfg, stage)} "
+                             f"holds the last good state")
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema_update(ema, model, cfg.ema_decay, step)
+        step += 1
+        losses.append((step, total))
+        if is_main():
+            rate = (step - start_step) / (time.time() - t0)
+            bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", it_s=f"{rate:.2f}")
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                recent = [v for _, v in losses[-cfg.log_every:]]
+                log.write(json.dumps({"step": step, "loss": sum(recent) / len(recent), "lr": lr,
+                                      "steps_per_s": rate, "time": time.time()}) + "\n")
+                log.flush()
+            done = step == cfg.steps or step == cfg.stop_at
+            if step % cfg.ckpt_every == 0 or done:
+                save_checkpoint(cfg, stage, step, model, ema, opt, unet_cfg, t5_path, losses)
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                snapshot(cfg, spec, ema, batch, text_cache, step, losses, device)
+        if step == cfg.stop_at:
+            break
+    bar.close()
+    if log:
+        log.close()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    recent = [v for _, v in losses[-100:]]
+    return {"stage": stage, "steps": step, "final_loss": sum(recent) / max(1, len(recent)),
+            "seconds": time.time() - t0}
+
+
+def step_seed(*keys):
+    """A 63-bit seed from integers (seed, rank, step, micro-step), the same in every process."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def load_text_encoder(path):
+    if not os.path.isdir(path):
+        raise SystemExit(f"train.py: no T5 directory at {path}" + (
+            " (build the toy text encoder with `python train.py --stage all`)" if path == TOY_T5 else ""))
+    try:
+        return text.load_t5(path)
+    except text.T5LoadError as e:
+        raise SystemExit(f"train.py: {e}")
+
+
+def export_inference(run_dir, dest):
+    """Inference checkpoints: EMA weights in float16, with model and optimizer left out (None).
+
+    These are what ships in checkpoints/toy (20 MiB in all); sample.py reads them and full
+    training checkpoints alike, always using `ema`.
+    """
+    os.makedirs(dest, exist_ok=True)
+    for stage in cascade.STAGES:
+        ckpt = load_checkpoint(os.path.join(run_dir, f"{stage}.pt"))
+        slim = {k: ckpt[k] for k in ("format_version", "stage", "scale", "step", "config")}
+        slim.update(model=None, optimizer=None, t5=os.path.relpath(ckpt["t5"], dest) if ckpt["t5"] else "",
+                    ema={k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()})
+        atomic_save(slim, os.path.join(dest, f"{stage}.pt"))
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    if cfg.dry_run:
+        return dry_run(cfg)
+    if cfg.stage != "all":
+        result = train_stage(cfg, cfg.stage)
+        if is_main():
+            print(json.dumps(result))
+        return result
+    return train_all(cfg)
+
+
+def train_all(cfg):
+    """The whole toy cascade in order: corpus, text encoder, then the five stages; then export."""
+    results = []
+    if not os.path.exists(os.path.join(TOY_DATA, "manifest.jsonl")):
+        build_toy_corpus()
+    if not os.path.isdir(cfg.t5 or TOY_T5):
+        import pseudolabel
+        t0 = time.time()
+        pseudolabel.main(["train", "--manifest", os.path.join(TOY_DATA, "manifest.jsonl"), "--out", os.path.join(cfg.out, "mulan"),
+                          "--export-t5", TOY_T5])
+        results.append({"stage": "text encoder (MuLan text tower)", "seconds": time.time() - t0})
+    for stage in cascade.STAGES:
+        results.append(train_stage(cfg, stage))
+    export_inference(cfg.out, "checkpoints/toy")
+    for r in results:
+        print(json.dumps(r))
+    return results
+
+
+if __name__ == "__main__":
+    main()
