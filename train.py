@@ -358,7 +358,7 @@ def train_stage(cfg: TrainConfig, stage: str):
         count_tokens = lambda s: len(tokenizer.sp.encode(s)) + 1        # pieces + EOS
 
     # model: architecture from the checkpoint when resuming, else from the stage table
-    text_dim = text_cache.encoder.config.d_model if text_cache else None
+    text_dim = text_cache.encoder.config.d_model if text_cache is not None else None
     unet_cfg = UNetConfig.from_dict(ckpt["config"]) if ckpt else cascade.unet_config(stage, cfg.scale, text_dim)
     torch.manual_seed(cfg.seed)
     model = UNet1D(unet_cfg).to(device)

@@ -1,0 +1,40 @@
+"""Small things several tests build: a manifest of synthetic tones and a tiny random T5 directory."""
+import json
+import os
+
+import numpy as np
+import sentencepiece as spm
+import soundfile as sf
+import torch
+
+import text
+
+CAPTIONS = ["a slow piano tune in a major key", "fast drums and bass", "a gentle flute melody",
+            "an organ chorale, solo", "lo-fi guitar ballad", "a minor folk reel on the guitar"]
+
+
+def write_tone_manifest(folder, n=4, seconds=4.0, rate=24000):
+    """n clips of harmonic tones with captions; returns the manifest path."""
+    os.makedirs(os.path.join(folder, "audio"), exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    with open(os.path.join(folder, "manifest.jsonl"), "w") as f:
+        for i in range(n):
+            f0 = 110.0 * 2 ** (i / 3)
+            wave = 0.3 * np.sin(2 * np.pi * f0 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * (i + 1) * t) ** 2)
+            path = f"audio/{i:03d}.wav"
+            sf.write(os.path.join(folder, path), wave.astype(np.float32), rate)
+            f.write(json.dumps({"audio": path, "captions": [CAPTIONS[i % len(CAPTIONS)]], "tags": ["tone"]}) + "\n")
+    return os.path.join(folder, "manifest.jsonl")
+
+
+def write_tiny_t5(folder, d_model=32):
+    """A random-weight T5 (v1.1 layout) and a SentencePiece model trained on CAPTIONS."""
+    os.makedirs(folder, exist_ok=True)
+    prefix = os.path.join(folder, "sp")
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CAPTIONS * 5), model_prefix=prefix, vocab_size=40,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    torch.manual_seed(0)
+    config = text.T5Config(vocab_size=64, d_model=d_model, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                           feed_forward_proj="gated-gelu")
+    text.save_t5(folder, prefix + ".model", text.T5Encoder(config))
+    return folder

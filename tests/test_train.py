@@ -1,0 +1,112 @@
+"""train.py: exact resume, the text route, checkpoints readable with weights_only, NaN guard, DDP."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from tests.helpers import write_tiny_t5, write_tone_manifest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    return write_tone_manifest(str(folder)), write_tiny_t5(str(folder / "t5"))
+
+
+def _cfg(corpus, out, stage="super-res", **kw):
+    manifest, t5 = corpus
+    base = dict(stage=stage, scale="toy", data=manifest, out=str(out), steps=4, batch_size=2, workers=0,
+                t5=t5, eval_every=0, log_every=1, ckpt_every=100, device="cpu")
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+def _weights(path):
+    ckpt = torch.load(path, weights_only=True)
+    return ckpt, {**{"m." + k: v for k, v in ckpt["model"].items()}, **{"e." + k: v for k, v in ckpt["ema"].items()}}
+
+
+@pytest.mark.parametrize("stage", ["super-res", "wave-generator"])
+def test_resume_is_bitwise_exact(corpus, tmp_path, stage):
+    train.train_stage(_cfg(corpus, tmp_path / "straight", stage), stage)
+    train.train_stage(_cfg(corpus, tmp_path / "split", stage, stop_at=2), stage)
+    half, _ = _weights(tmp_path / "split" / f"{stage}.pt")
+    assert half["step"] == 2
+    train.train_stage(_cfg(corpus, tmp_path / "split", stage, resume=True), stage)
+    a, wa = _weights(tmp_path / "straight" / f"{stage}.pt")
+    b, wb = _weights(tmp_path / "split" / f"{stage}.pt")
+    assert a["step"] == b["step"] == 4
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    for key in ("model", "ema", "optimizer", "step", "config"):
+        assert key in a
+
+
+def test_resume_takes_architecture_from_checkpoint(corpus, tmp_path):
+    train.train_stage(_cfg(corpus, tmp_path, stop_at=1), "super-res")
+    ckpt = torch.load(tmp_path / "super-res.pt", weights_only=True)
+    assert ckpt["config"]["base_dim"] == 16
+    # A different stage table now would not change the resumed model: the config comes from the file.
+    result = train.train_stage(_cfg(corpus, tmp_path, resume=True, steps=2), "super-res")
+    assert result["steps"] == 2
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    train.train_stage(_cfg(corpus, tmp_path, steps=2, ckpt_every=1), "super-res")
+    real = train.loss_on_batch
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        loss = real(*args, **kw)
+        return loss * float("nan") if calls["n"] >= 2 else loss
+
+    monkeypatch.setattr(train, "loss_on_batch", poisoned)
+    with pytest.raises(SystemExit, match="at step 3"):
+        train.train_stage(_cfg(corpus, tmp_path, steps=6, ckpt_every=1, resume=True), "super-res")
+    ckpt = torch.load(tmp_path / "super-res.pt", weights_only=True)
+    assert ckpt["step"] == 3 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_kill_9_never_leaves_an_unreadable_checkpoint(corpus, tmp_path):
+    manifest, t5 = corpus
+    cmd = [sys.executable, "train.py", "--stage", "super-res", "--data", manifest, "--out", str(tmp_path),
+           "--steps", "100000", "--batch-size", "2", "--workers", "0", "--ckpt-every", "1", "--eval-every", "0"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = tmp_path / "super-res.pt"
+    deadline = time.time() + 120
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    for delay in (0.05, 0.13, 0.29):          # kill at arbitrary moments of a save-every-step run
+        time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["step"] >= 1
+
+
+def test_cli_errors_exit_2(tmp_path):
+    for args in (["--stage", "nope"], ["--scale", "huge"], ["--data", str(tmp_path / "missing.jsonl")],
+                 ["--steps", "-1"]):
+        r = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_ddp_two_processes_on_cpu(corpus, tmp_path):
+    manifest, t5 = corpus
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "train.py",
+           "--stage", "super-res", "--data", manifest, "--out", str(tmp_path), "--steps", "2", "--batch-size", "2",
+           "--workers", "0", "--eval-every", "0", "--device", "cpu"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "super-res.pt", weights_only=True)
+    assert ckpt["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".pt") == ["super-res.pt"]
