@@ -1,0 +1,448 @@
+"""Gaussian diffusion for Noise2Music: section 3.1 and Appendix A of Huang et al. (2023).
+
+What lives here, in the paper's notation (x_t = alpha_t x + sigma_t eps, t in [0, 1]):
+- noise schedules (Appendix A.1): the log-SNR lambda_t = ln(alpha_t^2 / sigma_t^2) of the cosine
+  schedule (eq. 6) and of the "linear" schedule (read as DDPM's beta-linear one, see `log_snr`);
+  alpha_t and sigma_t follow from lambda_t as in VDM (Kingma et al., 2021);
+- the forward process q(x_t | x) of eq. 2 (`q_sample`) and the training loss of eq. 1;
+- the denoising step schedules of Table 7 (Appendix A.2), and a way to shrink them to fewer steps;
+- the ancestral sampler of eq. 4 with its stochasticity parameter gamma (DDPM, Ho et al., 2020,
+  written with the variances of eq. 3 as in Saharia et al., 2022), and, as a separate extra,
+  deterministic DDIM (Song et al., 2021);
+- classifier-free guidance (Ho & Salimans, 2022) in the paper's form, followed by Imagen's dynamic
+  thresholding (Saharia et al., 2022) of the implied x_0.
+
+Samplers are pure functions of an `eps_fn(x_t, t) -> eps_hat` callable, with t a (B,) float tensor
+in [0, 1]: they know nothing of the model, its conditioning, or its device beyond x_T's.
+
+Notation map (paper -> code): alpha_t, sigma_t -> `alpha_sigma`; lambda_t -> `log_snr`;
+sigma^2_{t|s} -> `sigma2_t_given_s`; sigma~^2_{s|t} -> `sigma2_tilde_s_given_t`; gamma -> `gamma`;
+delta_n -> `deltas`; t_n = delta_1 + ... + delta_n -> `step_times`; CFG scale w -> `w`.
+
+Schedules are computed in float64 and cast back to the caller's dtype afterwards.
+"""
+import math
+import re
+
+import torch
+
+SCHEDULES = ("cosine", "linear")
+STEP_SCHEDULES = ("uniform", "front-heavy", "back-heavy", "back-heavy-eval")
+WEIGHTINGS = ("unit", "sigma2")
+
+# Imagen's dynamic thresholding takes "a certain percentile absolute pixel value" of x_0; the
+# paper gives no value (NOTES trap 3). 0.995 is the 99.5th percentile used in Imagen's examples.
+# It is a free choice: pass another to `dynamic_clip` / `guided_eps_fn`, or None to turn it off.
+DEFAULT_CLIP_PERCENTILE = 0.995
+
+
+# ----------------------------------------------------------------------------------------------
+# Noise schedules (Appendix A.1)
+
+# Cosine schedule, eq. 6: alpha_t = cos(a t + b), so lambda_0 = +20 and lambda_1 = -20.
+_COSINE_B = math.atan(math.exp(-10.0))
+_COSINE_A = math.atan(math.exp(10.0)) - _COSINE_B
+
+
+def _cosine_log_snr(t):
+    """lambda_t of eq. 6: alpha/sigma = cot(a t + b), so lambda_t = -2 ln tan(a t + b)."""
+    return -2.0 * torch.log(torch.tan(_COSINE_A * t + _COSINE_B))
+
+
+def _linear_log_snr(t):
+    """lambda_t of DDPM's beta-linear schedule in continuous time.
+
+    The paper prints eq. 5, "sigma_t^2 linear in t from 1e-4 to 0.02", but read literally that
+    leaves sigma_1^2 = 0.02, so x_1 is 99% signal and sampling from x_1 ~ N(0, I) would be wrong
+    (NOTES trap 2). The numbers are those of the DDPM *beta* schedule (Ho et al. 2020: beta_n from
+    1e-4 to 0.02 over 1000 steps), which the paper cites, so that is the reading implemented.
+    Over t in [0, 1], -ln prod(1 - beta_n) ~= 0.1 t + 9.95 t^2; the continuous form in common use
+    (e.g. Imagen re-implementations) rounds this to 1e-4 + 10 t^2, giving alpha_t^2 =
+    exp(-(1e-4 + 10 t^2)) and lambda_t = -log(expm1(1e-4 + 10 t^2)):
+    lambda_0 ~= +9.2 (sigma_0 = 0.01) and lambda_1 ~= -10 (alpha_1^2 ~= 4.5e-5).
+    """
+    return -torch.log(torch.expm1(1e-4 + 10.0 * t ** 2))
+
+
+def log_snr(t, schedule):
+    """lambda_t = ln(alpha_t^2 / sigma_t^2) of eq. 3 for a noise schedule of Appendix A.1.
+
+    :param t: a tensor of times in [0, 1], any shape.
+    :param schedule: "cosine" (eq. 6) or "linear" (DDPM beta-linear, see `_linear_log_snr`).
+    :return: lambda_t, computed in float64 and cast back to t's dtype.
+    """
+    t = torch.as_tensor(t)
+    t64 = t.to(torch.float64)
+    if schedule == "cosine":
+        lam = _cosine_log_snr(t64)
+    elif schedule == "linear":
+        lam = _linear_log_snr(t64)
+    else:
+        raise ValueError(f"unknown noise schedule {schedule!r}; expected one of {SCHEDULES}")
+    return lam.to(t.dtype if t.is_floating_point() else torch.get_default_dtype())
+
+
+def alpha_sigma(t, schedule):
+    """alpha_t and sigma_t from lambda_t: alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda).
+
+    So alpha_t^2 + sigma_t^2 = 1 (variance preserving, eq. 3) for any schedule.
+
+    :param t: a tensor of times in [0, 1], any shape.
+    :param schedule: a name in SCHEDULES.
+    :return: (alpha_t, sigma_t), each shaped like t, computed in float64 and cast to t's dtype.
+    """
+    t = torch.as_tensor(t)
+    lam = log_snr(t.to(torch.float64), schedule)
+    alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+    dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
+    return alpha.to(dtype), sigma.to(dtype)
+
+
+def _expand(v, x):
+    """Reshape a (B,) tensor to (B, 1, ..., 1) so that it broadcasts over x's non-batch dims."""
+    return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward process and training loss (eqs. 1-2)
+
+def q_sample(x0, t, eps, schedule):
+    """Draw x_t ~ q(x_t | x) = N(alpha_t x, sigma_t^2 I) of eq. 2 as alpha_t x0 + sigma_t eps.
+
+    :param x0: the clean [B x C x T] tensor (any [B x ...] shape works).
+    :param t: a (B,) tensor of times in [0, 1].
+    :param eps: standard normal noise shaped like x0.
+    :param schedule: a name in SCHEDULES.
+    :return: x_t, shaped like x0.
+    """
+    alpha, sigma = alpha_sigma(t, schedule)
+    alpha, sigma = _expand(alpha.to(x0.dtype), x0), _expand(sigma.to(x0.dtype), x0)
+    return alpha * x0 + sigma * eps
+
+
+def diffusion_loss(eps_hat, eps, t, schedule, weighting):
+    """The diffusion loss of eq. 1, E[w_t ||eps_theta(x_t, c, t) - eps||^2].
+
+    The squared norm is taken as a mean over elements (a constant factor of eq. 1), so the loss
+    does not scale with clip length.
+
+    :param eps_hat: the model's [B x C x T] noise prediction.
+    :param eps: the noise that made x_t, shaped like eps_hat.
+    :param t: the (B,) times.
+    :param schedule: a name in SCHEDULES (needed for the sigma weighting).
+    :param weighting: "unit" (w_t = 1, Ho et al. 2020) or "sigma2" (w_t = sigma_t^2; Table 2's
+        "Sigma" loss, used by the spectrogram generator).
+    :return: a scalar tensor.
+    """
+    err = (eps_hat - eps) ** 2
+    if weighting == "unit":
+        return err.mean()
+    if weighting == "sigma2":
+        _, sigma = alpha_sigma(t, schedule)
+        return (_expand(sigma.to(err.dtype) ** 2, err) * err).mean()
+    raise ValueError(f"unknown loss weighting {weighting!r}; expected one of {WEIGHTINGS}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Denoising step schedules (section 4.2.1, Appendix A.2, Table 7)
+
+# Table 7, front-heavy step sizes delta_n, verbatim (t_n = delta_1 + ... + delta_n; small steps
+# first means many steps near t = 0). Back-heavy is each list reversed; uniform is [1/N] * N.
+# Note: the spectrogram generator's front-heavy list has 2000 steps, while Table 4 serves it with
+# 1000; its evaluation list, TABLE7_SPEC_EVAL, has 1000.
+TABLE7 = {
+    "wave-generator": [0.01 / 200] * 200 + [0.04 / 400] * 400 + [0.15 / 200] * 200
+    + [0.3 / 150] * 150 + [0.5 / 50] * 50,
+    "cascader": [0.05 / 400] * 400 + [0.15 / 200] * 200 + [0.3 / 150] * 150 + [0.5 / 50] * 50,
+    "spec-generator": [0.01 / 400] * 400 + [0.04 / 800] * 800 + [0.15 / 400] * 400
+    + [0.3 / 300] * 300 + [0.5 / 100] * 100,
+    "vocoder": [0.05 / 50] * 50 + [0.15 / 30] * 30 + [0.3 / 15] * 15 + [0.5 / 5] * 5,
+    "super-res": [0.05 / 400] * 400 + [0.15 / 200] * 200 + [0.3 / 150] * 150 + [0.5 / 50] * 50,
+}
+# Table 7, spectrogram generator, "back heavy eval": the back-heavy list as modified for the
+# final evaluation (already back-heavy: the big steps come first, near t = 0).
+TABLE7_SPEC_EVAL = [0.3 / 50] * 50 + [0.3 / 150] * 150 + [0.2 / 300] * 300 + [0.2 / 500] * 500
+
+
+def _resample_deltas(deltas, n_steps):
+    """Shrink (or stretch) a step schedule to n_steps while keeping its shape.
+
+    The times t_n = delta_1 + ... + delta_n, with t_0 = 0, are read as a piecewise-linear function
+    of the step fraction n / N; it is resampled at the n_steps + 1 fractions k / n_steps and the
+    new deltas are the differences. The result is positive (t_n is strictly increasing) and its
+    times still run from 0 to 1.
+    """
+    deltas = torch.as_tensor(deltas, dtype=torch.float64)
+    times = torch.cat([deltas.new_zeros(1), deltas.cumsum(0)])
+    times = times / times[-1]  # (N + 1,), from 0 to 1
+    pos = torch.linspace(0, len(deltas), n_steps + 1, dtype=torch.float64)
+    lo = pos.floor().long().clamp(max=len(deltas) - 1)
+    new_times = times[lo] + (pos - lo) * (times[lo + 1] - times[lo])
+    return (new_times[1:] - new_times[:-1]).tolist()
+
+
+def _front_heavy_shape(name, stage):
+    """The Table 7 list whose shape a named step schedule follows (front-heavy orientation)."""
+    if name == "back-heavy-eval":
+        if stage not in (None, "spec-generator"):
+            raise ValueError("the 'back-heavy-eval' schedule exists only for the spec-generator")
+        return TABLE7_SPEC_EVAL
+    if stage is None:
+        return TABLE7["wave-generator"]
+    if stage not in TABLE7:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {tuple(TABLE7)}")
+    return TABLE7[stage]
+
+
+def step_schedule(name, n_steps, stage=None):
+    """Step sizes [delta_1, ..., delta_N] of a named denoising schedule (section 4.2.1, Table 7).
+
+    :param name: "uniform", "front-heavy" (many small steps near t = 0), "back-heavy" (the
+        front-heavy list reversed: many small steps near t = 1), or "back-heavy-eval" (the
+        spectrogram generator's evaluation list, TABLE7_SPEC_EVAL).
+    :param n_steps: N, the number of denoising steps.
+    :param stage: a key of TABLE7 whose shape to follow; None uses the wave generator's shape.
+        If n_steps equals the length of that Table 7 list, the list is returned verbatim;
+        otherwise it is resampled to n_steps as in `_resample_deltas`.
+    :return: a list of N positive floats summing to 1.
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+    if name not in STEP_SCHEDULES:
+        raise ValueError(f"unknown step schedule {name!r}; expected one of {STEP_SCHEDULES}")
+    if name == "uniform":
+        return [1.0 / n_steps] * n_steps
+    shape = _front_heavy_shape(name, stage)
+    deltas = list(shape) if n_steps == len(shape) else _resample_deltas(shape, n_steps)
+    return deltas[::-1] if name == "back-heavy" else deltas
+
+
+def load_deltas(path, tol=1e-3):
+    """Read step sizes delta_n from a text file (separated by whitespace, commas or newlines).
+
+    Text after '#' on a line is a comment. The deltas must be positive and finite and sum to 1
+    within tol; they are then renormalised to sum to 1 exactly.
+
+    :param path: the text file.
+    :param tol: the largest accepted |sum - 1|.
+    :return: a list of floats.
+    """
+    with open(path) as f:
+        text = "\n".join(line.split("#", 1)[0] for line in f)
+    fields = [s for s in re.split(r"[\s,]+", text) if s]
+    try:
+        deltas = [float(s) for s in fields]
+    except ValueError as e:
+        raise ValueError(f"{path}: step sizes must be numbers ({e})") from None
+    if not deltas:
+        raise ValueError(f"{path}: no step sizes found")
+    if not all(math.isfinite(d) and d > 0 for d in deltas):
+        raise ValueError(f"{path}: step sizes must be positive and finite")
+    total = math.fsum(deltas)
+    if abs(total - 1.0) > tol:
+        raise ValueError(f"{path}: step sizes sum to {total:.6g}, not 1 (tolerance {tol})")
+    return [d / total for d in deltas]
+
+
+def step_times(deltas):
+    """The times 0 = t_0 < t_1 < ... < t_N = 1 of a step schedule, t_n = delta_1 + ... + delta_n.
+
+    :param deltas: N positive step sizes summing to 1 (within 1e-4; they are renormalised).
+    :return: a float64 tensor of N + 1 times.
+    """
+    deltas = torch.as_tensor(deltas, dtype=torch.float64).flatten()
+    if len(deltas) == 0 or not bool((deltas > 0).all()):
+        raise ValueError("step sizes must be a non-empty list of positive numbers")
+    total = deltas.sum()
+    if abs(float(total) - 1.0) > 1e-4:
+        raise ValueError(f"step sizes sum to {float(total):.6g}, not 1")
+    return torch.cat([deltas.new_zeros(1), deltas.cumsum(0) / total])
+
+
+# ----------------------------------------------------------------------------------------------
+# Samplers (Appendix A, eq. 4)
+
+def sigma2_t_given_s(lambda_t, lambda_s, sigma_t):
+    """sigma^2_{t|s} = (1 - e^{lambda_t - lambda_s}) sigma_t^2 of eq. 3, the forward variance."""
+    return -torch.expm1(lambda_t - lambda_s) * sigma_t ** 2
+
+
+def sigma2_tilde_s_given_t(lambda_t, lambda_s, sigma_s):
+    """sigma~^2_{s|t} = (1 - e^{lambda_t - lambda_s}) sigma_s^2 of eq. 3, the posterior variance."""
+    return -torch.expm1(lambda_t - lambda_s) * sigma_s ** 2
+
+
+def _step_terms(t, s, schedule):
+    """Float64 scalars (lambda, alpha, sigma) at times t and s of one denoising step."""
+    ts = torch.tensor([t, s], dtype=torch.float64)
+    lam = log_snr(ts, schedule)
+    alpha, sigma = alpha_sigma(ts, schedule)
+    return lam[0], lam[1], alpha[0], alpha[1], sigma[0], sigma[1]
+
+
+def ancestral_coefficients(t, s, schedule, gamma):
+    """The three coefficients of eq. 4, x_s = c_x x_t - c_eps eps_hat + c_z z, as Python floats.
+
+    c_x = alpha_s / alpha_t, c_eps = (1 - e^{lambda_t - lambda_s}) (alpha_s / alpha_t) sigma_t,
+    and the noise std c_z = sigma~_{s|t}^{1 - gamma} sigma_{t|s}^gamma: gamma = 0 uses the
+    posterior variance of q(x_s | x_t, x), gamma = 1 the larger forward variance (both stochastic).
+    """
+    lam_t, lam_s, alpha_t, alpha_s, sigma_t, sigma_s = _step_terms(t, s, schedule)
+    c_x = alpha_s / alpha_t
+    c_eps = -torch.expm1(lam_t - lam_s) * c_x * sigma_t
+    sigma_tilde = sigma2_tilde_s_given_t(lam_t, lam_s, sigma_s).sqrt()
+    sigma_fwd = sigma2_t_given_s(lam_t, lam_s, sigma_t).sqrt()
+    c_z = sigma_tilde ** (1.0 - gamma) * sigma_fwd ** gamma
+    return float(c_x), float(c_eps), float(c_z)
+
+
+def _steps(n, progress):
+    """Step indices N, ..., 1 (t = t_n, s = t_{n-1}), wrapped by a progress bar if given."""
+    idx = range(n, 0, -1)
+    return progress(idx) if progress is not None else idx
+
+
+def _time_batch(t, x):
+    """A (B,) tensor filled with the time t, in x's floating dtype and device."""
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    return torch.full((x.shape[0],), t, dtype=dtype, device=x.device)
+
+
+@torch.no_grad()
+def sample(eps_fn, x_T, deltas, schedule, gamma, generator=None, progress=None):
+    """Ancestral (DDPM) sampling with stochasticity gamma: eq. 4 of Appendix A.
+
+    Runs from x_T at t_N = 1 through t_{N-1}, ..., down to t_0 = 0, where t_n = delta_1 + ... +
+    delta_n. Note that gamma = 0 is not DDIM (see `ddim_sample`). As in Ho et al. (2020,
+    Algorithm 2), the last step, to s = 0, adds no noise: it returns the mean of eq. 4.
+
+    :param eps_fn: a callable eps_fn(x_t, t) -> eps_hat, with t a (B,) tensor of times.
+    :param x_T: the [B x C x T] starting noise, N(0, I).
+    :param deltas: step sizes delta_1, ..., delta_N (see `step_schedule`).
+    :param schedule: the noise schedule the model was trained with, a name in SCHEDULES.
+    :param gamma: the stochasticity parameter, in [0, 1].
+    :param generator: an optional torch.Generator for the noise z.
+    :param progress: an optional wrapper of an iterable, e.g. tqdm.
+    :return: x_0, shaped like x_T.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    times = step_times(deltas).tolist()
+    x = x_T
+    for n in _steps(len(times) - 1, progress):
+        t, s = times[n], times[n - 1]
+        eps_hat = eps_fn(x, _time_batch(t, x))
+        c_x, c_eps, c_z = ancestral_coefficients(t, s, schedule, gamma)
+        x = c_x * x - c_eps * eps_hat
+        if n > 1:
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x = x + c_z * z
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(eps_fn, x_T, deltas, schedule, progress=None):
+    """Deterministic DDIM sampling (Song et al. 2021, eq. 12 with eta = 0); not part of the paper.
+
+    Each step predicts x_hat = (x_t - sigma_t eps_hat) / alpha_t and moves to
+    x_s = alpha_s x_hat + sigma_s eps_hat. Same arguments as `sample`, without gamma and noise.
+
+    :return: x_0 (at t = 0, where sigma_0 is small but not zero), shaped like x_T.
+    """
+    times = step_times(deltas).tolist()
+    x = x_T
+    for n in _steps(len(times) - 1, progress):
+        t, s = times[n], times[n - 1]
+        eps_hat = eps_fn(x, _time_batch(t, x))
+        _, _, alpha_t, alpha_s, sigma_t, sigma_s = _step_terms(t, s, schedule)
+        # x_s = (alpha_s / alpha_t) x_t + (sigma_s - alpha_s sigma_t / alpha_t) eps_hat
+        x = float(alpha_s / alpha_t) * x + float(sigma_s - alpha_s * sigma_t / alpha_t) * eps_hat
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Classifier-free guidance and dynamic clipping (section 3.1; Imagen, Saharia et al. 2022)
+
+def cfg_eps(eps_cond, eps_uncond, w):
+    """Classifier-free guidance in the paper's form: w eps(x, c) + (1 - w) eps(x, none).
+
+    w = 1 is the conditional prediction; w = 0 the unconditional one.
+    """
+    return w * eps_cond + (1.0 - w) * eps_uncond
+
+
+def _row_quantile(a, q):
+    """The q-quantile of each row of a [B x M] tensor, interpolating linearly like torch.quantile.
+
+    Written with a sort because torch.quantile refuses inputs of more than 2^24 elements, which a
+    batch of 30 s waveforms exceeds.
+    """
+    a = a.sort(dim=1).values
+    pos = q * (a.shape[1] - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, a.shape[1] - 1)
+    return a[:, lo] + (pos - lo) * (a[:, hi] - a[:, lo])
+
+
+def dynamic_clip(x0, percentile=DEFAULT_CLIP_PERCENTILE):
+    """Imagen's dynamic thresholding of a predicted x_0, per example.
+
+    s = the percentile of |x0| over all non-batch dims, s = max(s, 1), then x0 -> clamp(x0, -s, s)
+    / s, so the result lies in [-1, 1]; examples whose values already lie within [-1, 1] pass
+    through unchanged.
+
+    :param x0: the predicted clean [B x C x T] tensor.
+    :param percentile: a fraction in (0, 1], e.g. 0.995 for the 99.5th percentile.
+    :return: the clipped x0, same shape.
+    """
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"percentile must be a fraction in (0, 1], got {percentile}")
+    s = _row_quantile(x0.abs().reshape(x0.shape[0], -1), percentile)  # (B,)
+    s = _expand(s.clamp(min=1.0), x0)
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+def x0_from_eps(x_t, eps, t, schedule):
+    """The x_0 implied by a noise prediction: (x_t - sigma_t eps) / alpha_t (inverting eq. 2)."""
+    alpha, sigma = alpha_sigma(t, schedule)
+    return (x_t - _expand(sigma.to(x_t.dtype), x_t) * eps) / _expand(alpha.to(x_t.dtype), x_t)
+
+
+def clipped_eps_fn(eps_fn, schedule, percentile=DEFAULT_CLIP_PERCENTILE):
+    """Wrap eps_fn so that its implied x_0 is dynamically clipped (Imagen).
+
+    The returned eps is the one consistent with the clipped x_0, (x_t - alpha_t x0_clip) / sigma_t,
+    written as eps + (alpha_t / sigma_t)(x0 - x0_clip) so that it is exactly eps when clipping
+    changes nothing (no float cancellation near t = 0, where sigma_t is tiny).
+    """
+    def clipped(x_t, t):
+        eps = eps_fn(x_t, t)
+        x0 = x0_from_eps(x_t, eps, t, schedule)
+        alpha, sigma = alpha_sigma(t, schedule)
+        ratio = _expand((alpha / sigma).to(x_t.dtype), x_t)
+        return eps + ratio * (x0 - dynamic_clip(x0, percentile))
+    return clipped
+
+
+def guided_eps_fn(eps_pair_fn, w, schedule, percentile=DEFAULT_CLIP_PERCENTILE):
+    """Classifier-free guidance then dynamic clipping, as one eps_fn(x_t, t) for the samplers.
+
+    Design: the caller passes ONE callable, eps_pair_fn(x_t, t) -> (eps_cond, eps_uncond), so it
+    can evaluate both predictions in a single batched model call (e.g. concatenate the batch with
+    the text hidden, as in training). Two separate callables can be adapted with `eps_pair`.
+
+    :param eps_pair_fn: a callable (x_t, t) -> (eps_cond, eps_uncond).
+    :param w: the CFG scale (Table 3: 10 wave generator, 5 cascader and spec generator).
+    :param schedule: the noise schedule, a name in SCHEDULES (to form x_0 from eps).
+    :param percentile: the dynamic clipping percentile, or None for no clipping.
+    :return: eps_fn(x_t, t) -> guided, clipped eps_hat.
+    """
+    def guided(x_t, t):
+        eps_cond, eps_uncond = eps_pair_fn(x_t, t)
+        return cfg_eps(eps_cond, eps_uncond, w)
+    return guided if percentile is None else clipped_eps_fn(guided, schedule, percentile)
+
+
+def eps_pair(eps_cond_fn, eps_uncond_fn):
+    """Adapt two callables eps_fn(x_t, t) into the eps_pair_fn that `guided_eps_fn` takes."""
+    return lambda x_t, t: (eps_cond_fn(x_t, t), eps_uncond_fn(x_t, t))

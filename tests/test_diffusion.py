@@ -1,0 +1,307 @@
+"""Tests for diffusion.py: schedules (Appendix A.1), Table 7 step schedules, the samplers of eq. 4
+checked on Gaussian data where the optimal noise predictor is known in closed form, CFG and
+dynamic clipping."""
+import math
+
+import pytest
+import torch
+
+import diffusion as D
+
+# ----------------------------------------------------------------------------------------------
+# Noise schedules
+
+
+@pytest.mark.parametrize("schedule", D.SCHEDULES)
+def test_alpha_sigma_variance_preserving_and_monotone(schedule):
+    t = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    alpha, sigma = D.alpha_sigma(t, schedule)
+    assert torch.allclose(alpha ** 2 + sigma ** 2, torch.ones_like(t), atol=1e-12)
+    lam = D.log_snr(t, schedule)
+    assert (lam[1:] < lam[:-1]).all()  # lambda_t strictly decreasing: more noise as t grows
+    assert (sigma[1:] > sigma[:-1]).all()
+
+
+def test_cosine_log_snr_endpoints():
+    lam = D.log_snr(torch.tensor([0.0, 1.0], dtype=torch.float64), "cosine")
+    assert abs(lam[0].item() - 20.0) < 1e-6 and abs(lam[1].item() + 20.0) < 1e-6
+
+
+def test_cosine_matches_eq6():
+    t = torch.rand(100, dtype=torch.float64)
+    a = math.atan(math.exp(10)) - math.atan(math.exp(-10))
+    alpha, _ = D.alpha_sigma(t, "cosine")
+    assert torch.allclose(alpha, torch.cos(a * t + math.atan(math.exp(-10))), atol=1e-12)
+
+
+def test_linear_schedule_is_ddpm_beta_linear():
+    """Reaches near-pure noise at t = 1 and is near-clean at t = 0 (NOTES trap 2)."""
+    alpha, sigma = D.alpha_sigma(torch.tensor([0.0, 1.0], dtype=torch.float64), "linear")
+    assert sigma[0] < 0.011 and alpha[0] > 0.9999  # sigma_0^2 ~= beta_1 = 1e-4
+    assert alpha[1] ** 2 < 1e-4  # DDPM's alpha_bar_T ~= 4e-5
+    # Continuum limit of 1000 DDPM betas from 1e-4 to 0.02: -ln alpha^2 ~= 0.1 t + 9.95 t^2.
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    alpha, _ = D.alpha_sigma(t, "linear")
+    assert torch.allclose(-torch.log(alpha ** 2), 0.1 * t + 9.95 * t ** 2, atol=0.06)
+
+
+def test_dtype_is_kept():
+    t = torch.rand(4)
+    assert D.log_snr(t, "cosine").dtype == torch.float32
+    assert D.alpha_sigma(t.double(), "linear")[0].dtype == torch.float64
+    with pytest.raises(ValueError):
+        D.log_snr(t, "quadratic")
+
+
+def test_q_sample_broadcasts_over_batch():
+    x0, eps = torch.randn(3, 2, 5), torch.randn(3, 2, 5)
+    t = torch.tensor([0.0, 0.5, 1.0])
+    x_t = D.q_sample(x0, t, eps, "cosine")
+    alpha, sigma = D.alpha_sigma(t, "cosine")
+    for b in range(3):
+        assert torch.allclose(x_t[b], alpha[b] * x0[b] + sigma[b] * eps[b])
+
+
+def test_diffusion_loss_weightings():
+    eps_hat, eps = torch.randn(4, 1, 8), torch.randn(4, 1, 8)
+    t = torch.rand(4)
+    err = (eps_hat - eps) ** 2
+    assert torch.allclose(D.diffusion_loss(eps_hat, eps, t, "linear", "unit"), err.mean())
+    sigma2 = D.alpha_sigma(t, "linear")[1] ** 2
+    expected = (sigma2[:, None, None] * err).mean()
+    assert torch.allclose(D.diffusion_loss(eps_hat, eps, t, "linear", "sigma2"), expected)
+    with pytest.raises(ValueError):
+        D.diffusion_loss(eps_hat, eps, t, "linear", "snr")
+
+
+# ----------------------------------------------------------------------------------------------
+# Step schedules (Table 7)
+
+
+def test_table7_lengths_and_sums():
+    lengths = {"wave-generator": 1000, "cascader": 800, "spec-generator": 2000, "vocoder": 100,
+               "super-res": 800}
+    assert {k: len(v) for k, v in D.TABLE7.items()} == lengths
+    assert len(D.TABLE7_SPEC_EVAL) == 1000
+    for deltas in [*D.TABLE7.values(), D.TABLE7_SPEC_EVAL]:
+        assert abs(math.fsum(deltas) - 1.0) < 1e-9
+
+
+@pytest.mark.parametrize("stage", list(D.TABLE7))
+def test_step_schedule_verbatim_and_back_heavy_is_reversed(stage):
+    n = len(D.TABLE7[stage])
+    assert D.step_schedule("front-heavy", n, stage) == D.TABLE7[stage]
+    assert D.step_schedule("back-heavy", n, stage) == D.TABLE7[stage][::-1]
+    assert D.step_schedule("back-heavy", 37, stage) == D.step_schedule("front-heavy", 37, stage)[::-1]
+
+
+def test_spec_eval_schedule():
+    assert D.step_schedule("back-heavy-eval", 1000, "spec-generator") == D.TABLE7_SPEC_EVAL
+    with pytest.raises(ValueError):
+        D.step_schedule("back-heavy-eval", 1000, "vocoder")
+
+
+@pytest.mark.parametrize("name", ["uniform", "front-heavy", "back-heavy"])
+@pytest.mark.parametrize("n", [1, 7, 50, 200, 3000])
+def test_named_schedules_sum_to_one_and_are_positive(name, n):
+    deltas = D.step_schedule(name, n)
+    assert len(deltas) == n and min(deltas) > 0
+    assert abs(math.fsum(deltas) - 1.0) < 1e-9
+
+
+@pytest.mark.parametrize("stage", list(D.TABLE7))
+def test_shrinking_keeps_the_shape(stage):
+    n = 50
+    times = D.step_times(D.step_schedule("front-heavy", n, stage))
+    assert (times[1:] > times[:-1]).all()
+    assert (times[1:] < 0.1).sum() > n // 2  # front-heavy: most steps near t = 0
+    # The shrunk times follow the full list's t_n at the same step fractions.
+    full = D.step_times(D.TABLE7[stage])
+    idx = torch.arange(0, n + 1) * len(D.TABLE7[stage]) // n
+    assert torch.allclose(times, full[idx], atol=1e-12)
+    back = D.step_times(D.step_schedule("back-heavy", n, stage))
+    assert (back[:-1] > 0.9).sum() > n // 2  # back-heavy: most steps near t = 1
+
+
+def test_load_deltas(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("# a schedule\n0.25, 0.25\n0.25 0.2500001\n")
+    deltas = D.load_deltas(good)
+    assert len(deltas) == 4 and abs(math.fsum(deltas) - 1.0) < 1e-12
+    for bad_text in ["", "0.5 0.4", "0.5 0.6 -0.1", "0.5 abc 0.5", "0.5 nan 0.5"]:
+        bad = tmp_path / "bad.txt"
+        bad.write_text(bad_text)
+        with pytest.raises(ValueError):
+            D.load_deltas(bad)
+
+
+def test_step_times_rejects_bad_deltas():
+    for bad in ([], [0.5, 0.4], [1.2, -0.2]):
+        with pytest.raises(ValueError):
+            D.step_times(bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Samplers on Gaussian data: x ~ N(mu, s^2), so x_t ~ N(alpha_t mu, alpha_t^2 s^2 + sigma_t^2)
+# and the optimal noise predictor is E[eps | x_t] = sigma_t (x_t - alpha_t mu) / (alpha_t^2 s^2 +
+# sigma_t^2). A correct sampler fed this predictor must return N(mu, s^2).
+
+MU, S, N_SAMPLES, N_STEPS = 0.5, 0.5, 20000, 200
+# Sampling error with n = 20000: std error of the mean s / sqrt(n) = 0.0035, of the std
+# s / sqrt(2n) = 0.0025; we allow 5 of each (a false failure has probability ~1e-6).
+TOL_MEAN = 5 * S / math.sqrt(N_SAMPLES)
+TOL_STD = 5 * S / math.sqrt(2 * N_SAMPLES)
+# Plus a discretisation allowance on both: with 200 steps the samplers are not exact. For this
+# data the exact discrete-time output std (closed form, see `_closed_form_moments`) is off by at
+# most 0.017 for uniform and front-heavy steps (cosine and linear, gamma 0 or 1, DDIM), and by up
+# to 0.066 for back-heavy at gamma = 0, which leaves only ~10 steps for t < 0.5 where each coarse
+# ancestral step loses the variance of x | x_t. Means are off by less than 0.002.
+ALLOWANCE = {"uniform": 0.025, "front-heavy": 0.025, "back-heavy": 0.08}
+
+
+def _optimal_eps_fn(schedule, scale=1.0):
+    """E[eps | x_t] for x ~ N(MU, S^2); scale != 1 gives a deliberately wrong predictor."""
+    def eps_fn(x_t, t):
+        alpha, sigma = D.alpha_sigma(t[:1], schedule)  # the same t across the batch
+        return scale * sigma * (x_t - alpha * MU) / (alpha ** 2 * S ** 2 + sigma ** 2)
+    return eps_fn
+
+
+def _run(sampler, schedule, name, scale=1.0):
+    """Draw N_SAMPLES outputs of `sampler` ('ddim' or a gamma) with a fixed seed."""
+    g = torch.Generator().manual_seed(1234)
+    x_T = torch.randn(N_SAMPLES, 1, 1, generator=g, dtype=torch.float64)
+    eps_fn, deltas = _optimal_eps_fn(schedule, scale), D.step_schedule(name, N_STEPS)
+    if sampler == "ddim":
+        return D.ddim_sample(eps_fn, x_T, deltas, schedule)
+    return D.sample(eps_fn, x_T, deltas, schedule, sampler, generator=g)
+
+
+def _misses(x, name):
+    allowance = ALLOWANCE[name]
+    return (abs(x.mean().item() - MU) > TOL_MEAN + allowance
+            or abs(x.std().item() - S) > TOL_STD + allowance)
+
+
+CASES = [("cosine", name, sampler) for name in ALLOWANCE for sampler in (0.0, 1.0, "ddim")]
+CASES += [("linear", name, sampler) for name in ("uniform", "front-heavy")
+          for sampler in (0.0, 1.0, "ddim")]
+
+
+@pytest.mark.parametrize("schedule,name,sampler", CASES)
+def test_samplers_recover_gaussian(schedule, name, sampler):
+    x = _run(sampler, schedule, name)
+    assert not _misses(x, name), (x.mean().item(), x.std().item())
+
+
+@pytest.mark.parametrize("sampler", [0.0, 1.0, "ddim"])
+def test_gaussian_check_can_fail(sampler):
+    x = _run(sampler, "cosine", "uniform", scale=0.5)
+    assert _misses(x, "uniform")
+
+
+def _closed_form_moments(name, gamma):
+    """Mean and std of eq. 4's output for Gaussian data and the cosine schedule, in closed form.
+
+    Written from Appendix A independently of diffusion.py: every step is linear in x_t with
+    Gaussian noise, so the mean m and variance v propagate exactly (the last step adds no noise).
+    """
+    a, b = math.atan(math.exp(10)) - math.atan(math.exp(-10)), math.atan(math.exp(-10))
+    times = [0.0] + list(torch.tensor(D.step_schedule(name, N_STEPS), dtype=torch.float64).cumsum(0))
+    m, v = 0.0, 1.0
+    for n in range(N_STEPS, 0, -1):
+        (al_t, sg_t), (al_s, sg_s) = [(math.cos(a * u + b), math.sin(a * u + b))
+                                     for u in (float(times[n]), float(times[n - 1]))]
+        one_minus_r = 1.0 - (al_t * sg_s / (sg_t * al_s)) ** 2  # 1 - e^{lambda_t - lambda_s}
+        k = sg_t / (al_t ** 2 * S ** 2 + sg_t ** 2)  # eps_hat = k (x_t - al_t MU)
+        gain = al_s / al_t * (1.0 - one_minus_r * sg_t * k)
+        m = gain * m + al_s / al_t * one_minus_r * sg_t * k * al_t * MU
+        noise = (one_minus_r * sg_s ** 2) ** ((1 - gamma) / 2) * (one_minus_r * sg_t ** 2) ** (gamma / 2)
+        v = gain ** 2 * v + (noise ** 2 if n > 1 else 0.0)
+    return m, math.sqrt(v)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
+def test_sampler_matches_closed_form_moments(gamma):
+    """No allowance here: the sampler must match the exact discrete-time moments to 5 std errors."""
+    x = _run(gamma, "cosine", "back-heavy")
+    m, sd = _closed_form_moments("back-heavy", gamma)
+    assert abs(x.mean().item() - m) < TOL_MEAN and abs(x.std().item() - sd) < TOL_STD
+    # and the check can tell gamma = 0 from gamma = 1 (trap 1: they differ, both stochastic)
+    assert abs(_closed_form_moments("back-heavy", 0.0)[1]
+               - _closed_form_moments("back-heavy", 1.0)[1]) > 4 * TOL_STD
+
+
+def test_gamma0_is_stochastic_and_not_ddim():
+    eps_fn, deltas = _optimal_eps_fn("cosine"), D.step_schedule("uniform", 20)
+    x_T = torch.randn(8, 1, 4, generator=torch.Generator().manual_seed(0))
+    x1 = D.sample(eps_fn, x_T, deltas, "cosine", 0.0, generator=torch.Generator().manual_seed(1))
+    x2 = D.sample(eps_fn, x_T, deltas, "cosine", 0.0, generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(x1, x2)
+    assert not torch.allclose(x1, D.ddim_sample(eps_fn, x_T, deltas, "cosine"))
+    with pytest.raises(ValueError):
+        D.sample(eps_fn, x_T, deltas, "cosine", 1.5)
+
+
+def test_sampler_times_and_progress():
+    """eps_fn sees (B,) times t_N = 1, ..., t_1 in x_T's dtype; progress wraps the step loop."""
+    seen, wrapped = [], []
+    def eps_fn(x_t, t):
+        seen.append(t)
+        return torch.zeros_like(x_t)
+    def progress(it):
+        wrapped.append(len(it))
+        return it
+    deltas = D.step_schedule("front-heavy", 5, "vocoder")
+    D.sample(eps_fn, torch.randn(3, 2, 4), deltas, "linear", 1.0, progress=progress)
+    expected = D.step_times(deltas)[1:].flip(0)
+    assert wrapped == [5] and all(t.shape == (3,) and t.dtype == torch.float32 for t in seen)
+    assert torch.allclose(torch.stack([t[0] for t in seen]).double(), expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# Classifier-free guidance and dynamic clipping
+
+
+def test_cfg_w1_is_conditional():
+    eps_c, eps_u = torch.randn(2, 1, 16), torch.randn(2, 1, 16)
+    assert torch.equal(D.cfg_eps(eps_c, eps_u, 1.0), eps_c)
+    assert torch.equal(D.cfg_eps(eps_c, eps_u, 0.0), eps_u)
+    assert torch.allclose(D.cfg_eps(eps_c, eps_u, 5.0), eps_u + 5.0 * (eps_c - eps_u))
+
+
+def test_dynamic_clip():
+    x0 = torch.randn(4, 2, 1000) * torch.tensor([0.1, 1.0, 3.0, 10.0])[:, None, None]
+    clipped = D.dynamic_clip(x0)
+    assert clipped.abs().max() <= 1.0
+    assert torch.equal(clipped[0], x0[0])  # already inside [-1, 1]: s = max(s, 1) = 1, unchanged
+    s = torch.quantile(x0[3].abs().flatten(), D.DEFAULT_CLIP_PERCENTILE)
+    assert torch.allclose(clipped[3], x0[3].clamp(-s, s) / s)
+    with pytest.raises(ValueError):
+        D.dynamic_clip(x0, 99.5)
+
+
+def test_row_quantile_matches_torch():
+    a = torch.randn(3, 777)
+    for q in (0.0, 0.5, 0.995, 1.0):
+        assert torch.allclose(D._row_quantile(a, q), torch.quantile(a, q, dim=1))
+
+
+def test_guided_eps_fn():
+    x_t, t = torch.randn(2, 1, 64), torch.tensor([0.3, 0.9])
+    eps_c, eps_u = torch.randn(2, 1, 64), torch.randn(2, 1, 64)
+    pair = lambda x, tt: (eps_c, eps_u)  # noqa: E731
+    assert torch.equal(D.guided_eps_fn(pair, 1.0, "cosine", percentile=None)(x_t, t), eps_c)
+    two = D.eps_pair(lambda x, tt: eps_c, lambda x, tt: eps_u)
+    guided = D.guided_eps_fn(two, 5.0, "cosine", percentile=None)(x_t, t)
+    assert torch.equal(guided, D.cfg_eps(eps_c, eps_u, 5.0))
+    # With clipping: the returned eps implies an x_0 inside [-1, 1] (float64: with w = 10 the
+    # float32 round trip x_0 -> eps -> x_0 loses ~1e-5) ...
+    pair64 = lambda x, tt: (eps_c.double(), eps_u.double())  # noqa: E731
+    eps = D.guided_eps_fn(pair64, 10.0, "cosine")(x_t.double(), t.double())
+    assert D.x0_from_eps(x_t.double(), eps, t.double(), "cosine").abs().max() <= 1.0 + 1e-12
+    # ... and where clipping changes nothing (x_0 already in [-1, 1]), eps passes through exactly.
+    alpha, sigma = D.alpha_sigma(t, "cosine")
+    x0 = torch.rand(2, 1, 64) * 1.8 - 0.9
+    x_t = alpha[:, None, None] * x0 + sigma[:, None, None] * eps_c
+    assert torch.equal(D.guided_eps_fn(pair, 1.0, "cosine")(x_t, t), eps_c)
