@@ -308,6 +308,15 @@ def _time_batch(t, x):
     return torch.full((x.shape[0],), t, dtype=dtype, device=x.device)
 
 
+def _noise_like(x, generator):
+    """z ~ N(0, I) shaped like x, drawn on the generator's device and moved to x's.
+
+    So a CPU torch.Generator can drive sampling on a GPU (and gives the same noise on both).
+    """
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+
+
 @torch.no_grad()
 def sample(eps_fn, x_T, deltas, schedule, gamma, generator=None, progress=None):
     """Ancestral (DDPM) sampling with stochasticity gamma: eq. 4 of Appendix A.
@@ -321,7 +330,8 @@ def sample(eps_fn, x_T, deltas, schedule, gamma, generator=None, progress=None):
     :param deltas: step sizes delta_1, ..., delta_N (see `step_schedule`).
     :param schedule: the noise schedule the model was trained with, a name in SCHEDULES.
     :param gamma: the stochasticity parameter, in [0, 1].
-    :param generator: an optional torch.Generator for the noise z.
+    :param generator: an optional torch.Generator for the noise z (on any device: z is drawn
+        there and moved to x_T's device).
     :param progress: an optional wrapper of an iterable, e.g. tqdm.
     :return: x_0, shaped like x_T.
     """
@@ -335,8 +345,7 @@ def sample(eps_fn, x_T, deltas, schedule, gamma, generator=None, progress=None):
         c_x, c_eps, c_z = ancestral_coefficients(t, s, schedule, gamma)
         x = c_x * x - c_eps * eps_hat
         if n > 1:
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x = x + c_z * z
+            x = x + c_z * _noise_like(x, generator)
     return x
 
 

@@ -1,6 +1,7 @@
 """Tests for diffusion.py: schedules (Appendix A.1), Table 7 step schedules, the samplers of eq. 4
 checked on Gaussian data where the optimal noise predictor is known in closed form, CFG and
 dynamic clipping."""
+import itertools
 import math
 
 import pytest
@@ -92,7 +93,8 @@ def test_step_schedule_verbatim_and_back_heavy_is_reversed(stage):
     n = len(D.TABLE7[stage])
     assert D.step_schedule("front-heavy", n, stage) == D.TABLE7[stage]
     assert D.step_schedule("back-heavy", n, stage) == D.TABLE7[stage][::-1]
-    assert D.step_schedule("back-heavy", 37, stage) == D.step_schedule("front-heavy", 37, stage)[::-1]
+    shrunk = D.step_schedule("front-heavy", 37, stage)
+    assert D.step_schedule("back-heavy", 37, stage) == shrunk[::-1]
 
 
 def test_spec_eval_schedule():
@@ -207,16 +209,17 @@ def _closed_form_moments(name, gamma):
     Gaussian noise, so the mean m and variance v propagate exactly (the last step adds no noise).
     """
     a, b = math.atan(math.exp(10)) - math.atan(math.exp(-10)), math.atan(math.exp(-10))
-    times = [0.0] + list(torch.tensor(D.step_schedule(name, N_STEPS), dtype=torch.float64).cumsum(0))
+    times = [0.0] + list(itertools.accumulate(D.step_schedule(name, N_STEPS)))
     m, v = 0.0, 1.0
     for n in range(N_STEPS, 0, -1):
         (al_t, sg_t), (al_s, sg_s) = [(math.cos(a * u + b), math.sin(a * u + b))
-                                     for u in (float(times[n]), float(times[n - 1]))]
+                                     for u in (times[n], times[n - 1])]
         one_minus_r = 1.0 - (al_t * sg_s / (sg_t * al_s)) ** 2  # 1 - e^{lambda_t - lambda_s}
         k = sg_t / (al_t ** 2 * S ** 2 + sg_t ** 2)  # eps_hat = k (x_t - al_t MU)
         gain = al_s / al_t * (1.0 - one_minus_r * sg_t * k)
         m = gain * m + al_s / al_t * one_minus_r * sg_t * k * al_t * MU
-        noise = (one_minus_r * sg_s ** 2) ** ((1 - gamma) / 2) * (one_minus_r * sg_t ** 2) ** (gamma / 2)
+        var_tilde, var_fwd = one_minus_r * sg_s ** 2, one_minus_r * sg_t ** 2  # eq. 3
+        noise = var_tilde ** ((1 - gamma) / 2) * var_fwd ** (gamma / 2)
         v = gain ** 2 * v + (noise ** 2 if n > 1 else 0.0)
     return m, math.sqrt(v)
 
@@ -241,6 +244,14 @@ def test_gamma0_is_stochastic_and_not_ddim():
     assert not torch.allclose(x1, D.ddim_sample(eps_fn, x_T, deltas, "cosine"))
     with pytest.raises(ValueError):
         D.sample(eps_fn, x_T, deltas, "cosine", 1.5)
+
+
+def test_last_step_adds_no_noise():
+    """The step to s = 0 returns eq. 4's mean (Ho et al. 2020): one step is deterministic."""
+    eps_fn, x_T = _optimal_eps_fn("linear"), torch.randn(4, 1, 8)
+    outs = [D.sample(eps_fn, x_T, [1.0], "linear", 1.0, generator=torch.Generator().manual_seed(i))
+            for i in range(2)]
+    assert torch.equal(outs[0], outs[1])
 
 
 def test_sampler_times_and_progress():
