@@ -30,9 +30,11 @@ SCHEDULES = ("cosine", "linear")
 STEP_SCHEDULES = ("uniform", "front-heavy", "back-heavy", "back-heavy-eval")
 WEIGHTINGS = ("unit", "sigma2")
 
-# Imagen's dynamic thresholding takes "a certain percentile absolute pixel value" of x_0; the
-# paper gives no value (NOTES trap 3). 0.995 is the 99.5th percentile used in Imagen's examples.
-# It is a free choice: pass another to `dynamic_clip` / `guided_eps_fn`, or None to turn it off.
+# Imagen's dynamic thresholding takes "a certain percentile absolute pixel value" of x_0; neither
+# Noise2Music nor Imagen gives the value (NOTES trap 3), and re-implementations use 0.9 to 0.999
+# (imagen-pytorch: 0.95). We choose the 99.5th percentile: audio peaks are sparse, so a high
+# percentile rescales only when more than 0.5% of an example's samples leave [-1, 1]. It is a
+# free choice: pass another to `dynamic_clip` / `guided_eps_fn`, or None to turn clipping off.
 DEFAULT_CLIP_PERCENTILE = 0.995
 
 
