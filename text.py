@@ -166,15 +166,13 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.d_kv = config.num_heads, config.d_kv
         inner = config.num_heads * config.d_kv      # need not equal d_model
-        self.q = nn.Linear(config.d_model, inner, bias=False)
-        self.k = nn.Linear(config.d_model, inner, bias=False)
-        self.v = nn.Linear(config.d_model, inner, bias=False)
+        # T5's q, k and v stacked in one matrix, so that one matmul computes all three (as nanoGPT)
+        self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
         self.o = nn.Linear(inner, config.d_model, bias=False)
 
     def forward(self, x, bias):
-        B, L, _ = x.shape                                                  # x (B, L, D)
-        heads = lambda t: t.view(B, L, self.n_head, self.d_kv).transpose(1, 2)  # (B, H, L, d_kv)
-        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        B, L, _ = x.shape                                                      # x (B, L, D)
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.d_kv).permute(2, 0, 3, 1, 4)  # (B, H, L, d_kv)
         # bias (B, H, L, L): relative position bias plus the padding mask; scale=1: T5 does not scale
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # (B, H, L, d_kv)
         return self.o(y.transpose(1, 2).reshape(B, L, self.n_head * self.d_kv))
@@ -186,18 +184,16 @@ class FeedForward(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.gated = config.feed_forward_proj == "gated-gelu"
-        D, d_ff = config.d_model, config.d_ff
-        if self.gated:
-            self.wi_0 = nn.Linear(D, d_ff, bias=False)
-            self.wi_1 = nn.Linear(D, d_ff, bias=False)
-        else:
-            self.wi = nn.Linear(D, d_ff, bias=False)
-        self.wo = nn.Linear(d_ff, D, bias=False)
+        n_in = 2 if self.gated else 1                # gated: wi_0 and wi_1 stacked in one matrix
+        self.wi = nn.Linear(config.d_model, n_in * config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
 
     def forward(self, x):
+        h = self.wi(x)                                           # (B, L, d_ff) or (B, L, 2 d_ff)
         if self.gated:  # GELU in its tanh approximation, transformers' "gelu_new"
-            return self.wo(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x))
-        return self.wo(F.relu(self.wi(x)))
+            gate, linear = h.chunk(2, dim=-1)
+            return self.wo(F.gelu(gate, approximate="tanh") * linear)
+        return self.wo(F.relu(h))
 
 
 class Block(nn.Module):
@@ -269,37 +265,38 @@ class T5Encoder(nn.Module):
         return self.final_norm(x)
 
 
-def checkpoint_names(config):
-    """{our parameter name: the name of the same tensor in a Hugging Face T5 checkpoint}."""
-    names = {"embed.weight": "shared.weight",
-             "relative_bias.weight": "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-             "final_norm.weight": "encoder.final_layer_norm.weight"}
-    ff = ("wi_0", "wi_1", "wo") if config.feed_forward_proj == "gated-gelu" else ("wi", "wo")
-    for i in range(config.num_layers):
-        hf = f"encoder.block.{i}.layer"
-        names[f"blocks.{i}.attn_norm.weight"] = f"{hf}.0.layer_norm.weight"
-        for p in "qkvo":
-            names[f"blocks.{i}.attn.{p}.weight"] = f"{hf}.0.SelfAttention.{p}.weight"
-        names[f"blocks.{i}.ff_norm.weight"] = f"{hf}.1.layer_norm.weight"
-        for p in ff:
-            names[f"blocks.{i}.ff.{p}.weight"] = f"{hf}.1.DenseReluDense.{p}.weight"
-    return names
-
-
-def parameter_shapes(config):
-    """{our parameter name: shape}, from the config alone (nothing is allocated)."""
+def checkpoint_layout(config):
+    """{our parameter: [(name, shape) of the Hugging Face checkpoint tensors it is made of]}.
+    Where there are several (our stacked qkv and gated wi), they are stacked along dim 0."""
     D, inner, d_ff = config.d_model, config.num_heads * config.d_kv, config.d_ff
-    shapes = {"embed.weight": (config.vocab_size, D),
-              "relative_bias.weight": (config.relative_attention_num_buckets, config.num_heads),
-              "final_norm.weight": (D,)}
-    for name in checkpoint_names(config):
-        if ".attn." in name:
-            shapes[name] = (D, inner) if name.endswith("o.weight") else (inner, D)
-        elif ".ff." in name:
-            shapes[name] = (D, d_ff) if name.endswith("wo.weight") else (d_ff, D)
-        elif name.startswith("blocks."):
-            shapes[name] = (D,)
-    return shapes
+    layout = {"embed.weight": [("shared.weight", (config.vocab_size, D))],
+              "relative_bias.weight": [("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                                        (config.relative_attention_num_buckets, config.num_heads))],
+              "final_norm.weight": [("encoder.final_layer_norm.weight", (D,))]}
+    wi = ("wi_0", "wi_1") if config.feed_forward_proj == "gated-gelu" else ("wi",)
+    for i in range(config.num_layers):
+        ours, hf = f"blocks.{i}", f"encoder.block.{i}.layer"
+        layout[f"{ours}.attn_norm.weight"] = [(f"{hf}.0.layer_norm.weight", (D,))]
+        layout[f"{ours}.attn.qkv.weight"] = [(f"{hf}.0.SelfAttention.{p}.weight", (inner, D)) for p in "qkv"]
+        layout[f"{ours}.attn.o.weight"] = [(f"{hf}.0.SelfAttention.o.weight", (D, inner))]
+        layout[f"{ours}.ff_norm.weight"] = [(f"{hf}.1.layer_norm.weight", (D,))]
+        layout[f"{ours}.ff.wi.weight"] = [(f"{hf}.1.DenseReluDense.{p}.weight", (d_ff, D)) for p in wi]
+        layout[f"{ours}.ff.wo.weight"] = [(f"{hf}.1.DenseReluDense.wo.weight", (D, d_ff))]
+    return layout
+
+
+def state_from_checkpoint(config, get):
+    """Our state dict from `get(name)`, which returns a Hugging Face checkpoint tensor."""
+    return {ours: torch.cat([get(name) for name, _ in parts]) for ours, parts in checkpoint_layout(config).items()}
+
+
+def checkpoint_from_state(config, state):
+    """{Hugging Face checkpoint name: tensor} from our state dict (the inverse of the above)."""
+    tensors = {}
+    for ours, parts in checkpoint_layout(config).items():
+        pieces = state[ours].split([shape[0] for _, shape in parts])
+        tensors.update({name: piece.contiguous() for (name, _), piece in zip(parts, pieces)})
+    return tensors
 
 
 # -----------------------------------------------------------------------------
@@ -533,22 +530,23 @@ def read_encoder_weights(directory, config, device="cpu", dtype=torch.float32):
         raise T5LoadError(f"{f.path}: config.json implies {num_parameters(config):,} encoder parameters, "
                           f"more than the {file_bytes:,}-byte weights can hold")
     available = f.shapes()
-    names = checkpoint_names(config)
-    if "shared.weight" not in available:     # encoder-only checkpoints may name it this way
-        names["embed.weight"] = "encoder.embed_tokens.weight"
-    state = {}
-    for ours, shape in parameter_shapes(config).items():
-        theirs = names[ours]
-        if theirs not in available:
-            raise T5LoadError(f"{f.path}: missing tensor {theirs}")
-        if available[theirs] != shape:
-            raise T5LoadError(f"{f.path}: tensor {theirs} has shape {list(available[theirs])}, "
-                              f"config.json implies {list(shape)}")
-        tensor = f.read(theirs)
+    # encoder-only checkpoints may name the embedding this way instead
+    alias = {} if "shared.weight" in available else {"shared.weight": "encoder.embed_tokens.weight"}
+    for parts in checkpoint_layout(config).values():
+        for name, shape in parts:
+            name = alias.get(name, name)
+            if name not in available:
+                raise T5LoadError(f"{f.path}: missing tensor {name}")
+            if available[name] != shape:
+                raise T5LoadError(f"{f.path}: tensor {name} has shape {list(available[name])}, "
+                                  f"config.json implies {list(shape)}")
+
+    def get(name):
+        tensor = f.read(alias.get(name, name))
         if not tensor.is_floating_point():
-            raise T5LoadError(f"{f.path}: tensor {theirs} has dtype {tensor.dtype}, expected a float type")
-        state[ours] = tensor.to(device=device, dtype=dtype)
-    return state
+            raise T5LoadError(f"{f.path}: tensor {name} has dtype {tensor.dtype}, expected a float type")
+        return tensor.to(device=device, dtype=dtype)
+    return state_from_checkpoint(config, get)
 
 
 # -----------------------------------------------------------------------------
@@ -618,8 +616,7 @@ def save_t5(path, tokenizer_model, encoder):
             proto = f.read()
     Tokenizer(proto)                         # refuse a model that is not a T5 one before writing
     os.makedirs(path, exist_ok=True)
-    state = encoder.state_dict()
-    tensors = {theirs: state[ours] for ours, theirs in checkpoint_names(encoder.config).items()}
+    tensors = checkpoint_from_state(encoder.config, encoder.state_dict())
     write_safetensors(os.path.join(path, "model.safetensors"), tensors)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config_to_dict(encoder.config), f, indent=2)

@@ -152,6 +152,16 @@ def test_sharded_safetensors(tmp_path):
                                atol=1e-5, rtol=0)
 
 
+def test_embedding_named_embed_tokens_and_float16(tmp_path):
+    """An encoder-only checkpoint may name its embedding encoder.embed_tokens.weight; F16 is read too."""
+    folder = copy_fixture(tmp_path, "relu")
+    rewrite_safetensors(folder, lambda t: t.update(
+        {"encoder.embed_tokens.weight": t.pop("shared.weight"), **{k: v.half() for k, v in t.items()}}))
+    _, encoder = text.load_t5(folder)
+    torch.testing.assert_close(encode(encoder, *reference_batch("relu")), HIDDEN["relu.last_hidden_state"],
+                               atol=0.02, rtol=0)
+
+
 def test_config_spelled_with_dense_act_fn():
     raw = {"d_model": 8, "is_gated_act": True, "dense_act_fn": "gelu_new"}
     assert text.config_from_dict(raw).feed_forward_proj == "gated-gelu"
