@@ -35,9 +35,11 @@ on the residual path and a CombineEmb FC in every block; blocks doubled by the m
     CombineEmb 6.3M, re-sampling 4.2M: 89.3M, 0.3 points over the 10% band. We keep Figure 5
     as drawn rather than drop a layer to fit a count.
 """
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from unet1d import UNetConfig
 
@@ -164,7 +166,6 @@ def stage_spec(stage, scale="toy") -> StageSpec:
 
 def parameter_counts(scale="full"):
     """{stage: parameter count}, built on the meta device (no memory, no time)."""
-    import torch
     from unet1d import UNet1D, count_parameters
     counts = {}
     for stage in STAGES:
@@ -241,3 +242,143 @@ def crop_length(spec: StageSpec, rng):
     if not spec.crop_seconds:
         return 0
     return draw_crop_length(*spec.crop_seconds, spec.sample_rate, rng, multiple=spec.sample_rate // MEL_FPS)
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole pipeline at inference (section 3.3, Figure 1; settings of Tables 3 and 7)
+
+PIPELINES = {"wave": ("wave-generator", "cascader", "super-res"),
+             "spec": ("spec-generator", "vocoder", "super-res")}
+
+
+@dataclass
+class Sampling:
+    """Per-stage inference knobs (Table 3); a field left at None takes the stage's default."""
+    steps: int = None          # number of denoising steps
+    schedule: str = None       # "front-heavy", "back-heavy", "uniform", or a file of deltas
+    gamma: float = None        # eq. 4's stochasticity, in [0, 1]
+    w: float = None            # CFG scale (1 = none)
+    clip: float = None         # dynamic-clipping percentile of |x0| (0 = no clipping)
+
+
+def resolve_sampling(spec: StageSpec, knobs: Sampling):
+    """(deltas, gamma, w, percentile) for a stage: the user's knobs over Table 3's defaults."""
+    import diffusion
+    steps = knobs.steps or spec.steps
+    name = knobs.schedule or spec.step_schedule
+    if name in ("front-heavy", "back-heavy", "uniform"):
+        deltas = diffusion.step_schedule(name, steps, stage=spec.name)
+    else:
+        deltas = diffusion.load_deltas(name)
+    gamma = spec.gamma if knobs.gamma is None else knobs.gamma
+    w = spec.w if knobs.w is None else knobs.w
+    clip = diffusion.DEFAULT_CLIP_PERCENTILE if knobs.clip is None else knobs.clip
+    return deltas, gamma, w, (clip or None)
+
+
+class StageModel:
+    """One trained stage for inference: the EMA U-Net and its spec, read from a checkpoint."""
+
+    def __init__(self, path, device="cpu", dtype=None):
+        from unet1d import UNet1D
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        self.spec = stage_spec(ckpt["stage"], ckpt["scale"])
+        self.t5 = ckpt.get("t5") or ""
+        if self.t5 and not os.path.isabs(self.t5):
+            self.t5 = os.path.normpath(os.path.join(os.path.dirname(path), self.t5))
+        self.model = UNet1D(UNetConfig.from_dict(ckpt["config"]))
+        self.model.load_state_dict({k: v.float() for k, v in ckpt["ema"].items()})
+        self.model.to(device).eval().requires_grad_(False)
+        self.device, self.dtype, self.step = device, dtype, ckpt["step"]
+
+    def eps_fn(self, w, text=None, text_mask=None, **route):
+        """eps_fn(x_t, t) for the samplers; with w != 1 and text, cond and uncond in one batch."""
+
+        def run(x, t, **kw):
+            with torch.autocast(x.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                return self.model(x, t, **kw).float()
+
+        if text is None or w == 1:
+            return lambda x, t: run(x, t, text=text, text_mask=text_mask, **route)
+
+        def pair(x, t):
+            B = x.shape[0]
+            both = {k: torch.cat([v, v]) for k, v in route.items()}
+            drop = torch.arange(2 * B, device=x.device) >= B                 # second half: text hidden
+            eps = run(torch.cat([x, x]), torch.cat([t, t]), text=torch.cat([text, text]),
+                      text_mask=torch.cat([text_mask, text_mask]), drop_text=drop, **both)
+            return eps[:B], eps[B:]
+        return pair
+
+
+def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, text_mask=None,
+              unconditional=None, progress=None, **route):
+    """Sample one stage: x_T ~ N(0, I) of `shape`, then eq. 4 with CFG and dynamic clipping."""
+    import diffusion
+    spec = stage.spec
+    deltas, gamma, w, percentile = resolve_sampling(spec, knobs)
+    eps = stage.eps_fn(w, text, text_mask, **route)
+    if text is not None and w != 1:
+        pair = eps
+        if unconditional is not None and unconditional.any():   # empty prompts: eps(x, none) only
+            u = unconditional.to(stage.device)[:, None, None]
+            pair = _uncond_where(pair, u)
+        eps = diffusion.guided_eps_fn(pair, w, spec.schedule, percentile)
+    elif percentile is not None:
+        eps = diffusion.clipped_eps_fn(eps, spec.schedule, percentile)
+    x_T = torch.randn(shape, generator=generator).to(stage.device)
+    return diffusion.sample(eps, x_T, deltas, spec.schedule, gamma, generator=generator, progress=progress)
+
+
+def _uncond_where(pair, u):
+    def masked(x, t):
+        eps_c, eps_u = pair(x, t)
+        return torch.where(u, eps_u, eps_c), eps_u
+    return masked
+
+
+def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, device="cpu",
+                     progress=None, keep=None):
+    """Prompts in, 24 kHz audio out, through the three stages of `pipeline` (Figure 1).
+
+    :param stages: {name: StageModel}; text_encoder: (tokenizer, encoder) of load_t5.
+    :param knobs: {stage name: Sampling}.
+    :param keep: a dict that receives the intermediates (3.2 kHz audio or log-mel, 16 kHz audio).
+    :return: a (B, T) float tensor at 24 kHz.
+    """
+    from data import fft_resample
+    gen = torch.Generator().manual_seed(seed)
+    B = len(prompts)
+    names = PIPELINES[pipeline]
+    first, second, third = (stages[n] for n in names)
+    unconditional = torch.tensor([p.strip() == "" for p in prompts])
+
+    def encode(spec):
+        tokenizer, encoder = text_encoder
+        ids, mask = tokenizer(list(prompts), spec.token_len)
+        with torch.no_grad():
+            emb = encoder(ids.to(encoder.embed.weight.device), mask.to(encoder.embed.weight.device))
+        return emb.float().to(device), mask.to(device)
+
+    # stage 1: the generator (text -> 3.2 kHz audio, or text -> log-mel)
+    text, mask = encode(first.spec)
+    n1 = round(seconds * first.spec.frame_rate)
+    C1 = 80 if first.spec.output == "spec" else 1
+    x1 = run_stage(first, knobs[names[0]], (B, C1, n1), gen, text, mask, unconditional, progress and progress(names[0]))
+    # stage 2: cascader (FFT-up-sampled 3.2 kHz audio stacked with x_t) or vocoder (aligned log-mel)
+    n2 = round(seconds * 16000)
+    if second.spec.aligned:
+        x2 = run_stage(second, knobs[names[1]], (B, 1, n1 * 160), gen, progress=progress and progress(names[1]),
+                       aligned=x1)[..., :n2]
+    else:
+        cond = fft_resample(x1, first.spec.sample_rate, 16000)[..., :n2]
+        text2, mask2 = encode(second.spec)
+        x2 = run_stage(second, knobs[names[1]], (B, 1, n2), gen, text2, mask2, unconditional,
+                       progress and progress(names[1]), cond=cond)
+    # stage 3: super-resolution (FFT-up-sampled 16 kHz audio stacked with x_t, no text)
+    n3 = round(seconds * 24000)
+    cond = fft_resample(x2, 16000, 24000)[..., :n3]
+    x3 = run_stage(third, knobs[names[2]], (B, 1, n3), gen, progress=progress and progress(names[2]), cond=cond)
+    if keep is not None:
+        keep.update({names[0]: x1.cpu(), names[1]: x2.cpu(), names[2]: x3.cpu()})
+    return x3[:, 0].cpu()

@@ -1,0 +1,189 @@
+"""Text in, music out: inference through the Noise2Music cascade (section 4.2).
+
+    python sample.py "lo-fi guitar ballad"                         # -> sample.wav, 24 kHz
+    python sample.py "fast drums and bass" --pipeline spec --seed 3 --out bass.wav
+    python sample.py --prompts prompts.txt --out-dir outs/          # 000.wav, 001.wav, ...
+    python sample.py "slow organ chorale" --save-stages --cascader-steps 80 --wave-generator-w 5
+
+Defaults follow Table 3 (step schedule, gamma, CFG scale w per stage) with the step counts of the
+checkpoint's scale (Table 7's lengths at full scale, fewer for the toy models); the sampler is
+eq. 4 (diffusion.sample) on the EMA weights, with classifier-free guidance followed by dynamic
+clipping of the implied x_0. Same prompt, seed and settings give the same audio on one machine.
+
+Choices: an empty prompt is generated unconditionally (the cross-attention output zeroed, as for
+the 10% of training examples without text), with a note on stderr. A prompt longer than the
+stage's token length is truncated, with a warning. The 24 kHz output is scaled down only if its
+peak would clip.
+"""
+import argparse
+import dataclasses
+import os
+import sys
+
+import numpy as np
+import soundfile as sf
+import torch
+
+import cascade
+
+MAX_SECONDS = 600.0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Generate music from text with the Noise2Music cascade.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("prompt", nargs="?", help="the text prompt (or use --prompts FILE)")
+    p.add_argument("--prompts", help="a file of prompts, one per line")
+    p.add_argument("--out", default="sample.wav", help="output WAV for a single prompt")
+    p.add_argument("--out-dir", help="output folder for --prompts: 000.wav, 001.wav, ...")
+    p.add_argument("--pipeline", choices=("wave", "spec"), default="wave", help="waveform or spectrogram path")
+    p.add_argument("--seconds", type=float, default=0.0, help="clip length (default: the stages' training length)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--ckpt-dir", default="checkpoints/toy", help="folder with one STAGE.pt per stage")
+    p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    p.add_argument("--save-stages", action="store_true", help="also write each stage's output as sound and picture")
+    for stage in cascade.STAGES:                      # per-stage knobs, from the Sampling dataclass
+        for f in dataclasses.fields(cascade.Sampling):
+            kind = str if f.name == "schedule" else (int if f.name == "steps" else float)
+            p.add_argument(f"--{stage}-{f.name}", type=kind, default=None,
+                           help=f"{stage}: {f.name} (default: Table 3 / the checkpoint's scale)")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    if (args.prompt is None) == (args.prompts is None):
+        p.error("give one PROMPT or --prompts FILE")
+    if args.prompts:
+        if not args.out_dir:
+            p.error("--prompts needs --out-dir")
+        if not os.path.isfile(args.prompts):
+            p.error(f"--prompts {args.prompts}: no such file")
+        with open(args.prompts, encoding="utf-8") as f:
+            args.prompt_list = [line.rstrip("\n") for line in f]
+        if not args.prompt_list:
+            p.error(f"--prompts {args.prompts}: the file is empty")
+    else:
+        args.prompt_list = [args.prompt]
+    if args.seconds < 0 or args.seconds > MAX_SECONDS or (args.seconds == 0 and "--seconds" in (argv or sys.argv)):
+        p.error(f"--seconds must be in (0, {MAX_SECONDS:g}]")
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    args.knobs = {}
+    for stage in cascade.STAGES:
+        values = {f.name: getattr(args, f"{stage}_{f.name}".replace("-", "_")) for f in dataclasses.fields(cascade.Sampling)}
+        if values["steps"] is not None and values["steps"] < 1:
+            p.error(f"--{stage}-steps must be at least 1")
+        if values["gamma"] is not None and not 0 <= values["gamma"] <= 1:
+            p.error(f"--{stage}-gamma must be in [0, 1]")
+        if values["clip"] is not None and not 0 <= values["clip"] < 1:
+            p.error(f"--{stage}-clip must be a percentile in [0, 1) (0: no clipping)")
+        sched = values["schedule"]
+        if sched and sched not in ("front-heavy", "back-heavy", "uniform") and not os.path.isfile(sched):
+            p.error(f"--{stage}-schedule {sched}: not a schedule name or a file of deltas")
+        args.knobs[stage] = cascade.Sampling(**values)
+    return args, p
+
+
+def load_models(args, parser, device):
+    """The three stages of the pipeline and the text encoder named by the generator's checkpoint."""
+    import text
+    stages = {}
+    for name in cascade.PIPELINES[args.pipeline]:
+        path = os.path.join(args.ckpt_dir, f"{name}.pt")
+        if not os.path.isfile(path):
+            parser.error(f"missing checkpoint {path} (train it with `python train.py --stage {name}`)")
+        try:
+            stages[name] = cascade.StageModel(path, device, torch.bfloat16 if device.type == "cuda" else None)
+        except Exception as e:
+            parser.error(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}")
+    t5 = stages[cascade.PIPELINES[args.pipeline][0]].t5
+    try:
+        tokenizer, encoder = text.load_t5(t5, device=device)
+    except (text.T5LoadError, OSError) as e:
+        parser.error(f"cannot load the text encoder: {e}")
+    return stages, (tokenizer, encoder)
+
+
+def check_prompts(prompts, tokenizer, stages):
+    """Say which prompts are empty (unconditional) or will be truncated at the token limit."""
+    limit = min(s.spec.token_len for s in stages.values() if s.spec.has_text)
+    for i, p in enumerate(prompts):
+        if not p.strip():
+            print(f"note: prompt {i} is empty: generating it unconditionally", file=sys.stderr)
+        elif len(tokenizer.sp.encode(p)) + 1 > limit:
+            print(f"warning: prompt {i} is longer than {limit} tokens and is truncated", file=sys.stderr)
+
+
+def write_wave(path, wave, rate):
+    """Write float audio as 16-bit WAV, scaled down only where the peak would clip."""
+    wave = np.nan_to_num(np.asarray(wave, dtype=np.float32))
+    peak = np.abs(wave).max()
+    if peak > 0.999:
+        wave = wave * (0.999 / peak)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sf.write(path, wave, rate, subtype="PCM_16")
+
+
+def save_stages(base, keep, stages):
+    """base_STAGE.wav for audio intermediates, base_STAGE.png spectrogram pictures of each."""
+    from data import log_mel
+    for name, x in keep.items():
+        spec = stages[name].spec
+        if spec.output == "spec":
+            mel = x.numpy()
+        else:
+            write_wave(f"{base}_{name}.wav", x[0].numpy(), spec.sample_rate)
+            mel = log_mel(x[0].numpy(), spec.sample_rate)
+        write_png(f"{base}_{name}.png", mel[::-1])
+
+
+def write_png(path, image):
+    """A grayscale PNG of a 2-D array in [-1, 1] (low frequencies at the bottom), written with zlib."""
+    import struct
+    import zlib
+    img = (np.clip((np.asarray(image) + 1) / 2, 0, 1) * 255).astype(np.uint8)
+    h, w = img.shape
+    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def main(argv=None):
+    args, parser = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    stages, text_encoder = load_models(args, parser, device)
+    first = stages[cascade.PIPELINES[args.pipeline][0]]
+    seconds = args.seconds or first.spec.clip_seconds
+    check_prompts(args.prompt_list, text_encoder[0], stages)
+    from tqdm import tqdm
+
+    def progress(name):
+        return lambda steps: tqdm(steps, desc=name, leave=False, disable=None)
+
+    outputs = []
+    for start in range(0, len(args.prompt_list), args.batch_size):
+        batch = args.prompt_list[start:start + args.batch_size]
+        keep = {}
+        with torch.no_grad():
+            audio = cascade.cascade_generate(stages, text_encoder, batch, args.pipeline, seconds,
+                                             args.seed + start, args.knobs, device, progress, keep)
+        for i, wave in enumerate(audio):
+            path = os.path.join(args.out_dir, f"{start + i:03d}.wav") if args.prompts else args.out
+            write_wave(path, wave.numpy(), 24000)
+            if args.save_stages:
+                save_stages(os.path.splitext(path)[0], {k: v[i] for k, v in keep.items()}, stages)
+            outputs.append(path)
+    print("\n".join(outputs))
+    return outputs
+
+
+if __name__ == "__main__":
+    main()
