@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -268,14 +269,18 @@ def decode_audio(path):
     if os.path.getsize(path) == 0:
         raise AudioError("empty file")
     try:
-        declared = sf.info(path).frames
+        log = sf.info(path).extra_info
         data, rate = sf.read(path, dtype="float32", always_2d=True)  # (T, channels)
     except Exception as e:  # libsndfile's own errors name the problem; anything else, too
-        raise AudioError(f"not readable audio ({str(e).splitlines()[0][:120]})") from None
+        message = str(e).splitlines()[0].replace(f"'{path}'", "file")[:120]
+        raise AudioError(f"not readable audio ({message})") from None
     if data.shape[0] == 0:
         raise AudioError("no samples")
-    if 0 < declared < 2**62 and data.shape[0] < declared:
-        raise AudioError(f"truncated ({data.shape[0]} of {declared} frames)")
+    # libsndfile reads a cut-off WAV/AIFF silently, but its log says "data : N (should be M)".
+    # A header size of 0 or 0xFFFFFFFF is a streamed file's placeholder, not a truncation.
+    for declared, actual in re.findall(r"(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", log):
+        if 0 < int(actual) < int(declared) < 0xFFFFFFFF:
+            raise AudioError(f"truncated ({actual} of {declared} data bytes)")
     mono = data.mean(axis=1)
     if not np.isfinite(mono).all():
         raise AudioError("NaN or infinite samples")

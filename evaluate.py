@@ -63,38 +63,47 @@ def _nsdf(frames):
     return 2.0 * r / (left + right + 1e-12)
 
 
-def _frame_pitch(nsdf, lo, hi, threshold=0.9, voiced=0.5):
-    """Period in samples of one frame: the first key maximum >= threshold * the best; or nan."""
-    d = nsdf[:hi + 1]
-    peaks = [k for k in range(max(lo, 1), hi) if d[k] > 0 and d[k] >= d[k - 1] and d[k] > d[k + 1]]
-    if not peaks:
-        return math.nan
-    best = max(d[k] for k in peaks)
-    if best < voiced:
-        return math.nan
-    k = next(k for k in peaks if d[k] >= threshold * best)
-    a, b, c = d[k - 1], d[k], d[k + 1]  # parabolic interpolation of the peak
-    return k + 0.5 * (a - c) / (a - 2 * b + c) if (a - 2 * b + c) != 0 else float(k)
+def _periods(nsdf, lo, hi, threshold=0.9, voiced=0.5):
+    """Period in samples of each row: its first key maximum >= threshold * its best; else nan.
+
+    Key maxima are the positive local maxima at lags lo..hi; a row whose best is below `voiced`
+    is unvoiced. The peak is refined by parabolic interpolation.
+    """
+    d = nsdf[:, lo - 1:hi + 2]  # lags lo-1 .. hi+1
+    mid = d[:, 1:-1]
+    peak = (mid > 0) & (mid >= d[:, :-2]) & (mid > d[:, 2:])
+    best = np.where(peak, mid, -np.inf).max(axis=1)
+    chosen = peak & (mid >= threshold * best[:, None])
+    j = chosen.argmax(axis=1)  # first chosen lag, as an index into mid
+    rows = np.arange(len(d))
+    a, b, c = d[rows, j], d[rows, j + 1], d[rows, j + 2]
+    curvature = a - 2 * b + c
+    offset = np.where(curvature != 0, 0.5 * (a - c) / np.where(curvature != 0, curvature, 1), 0)
+    return np.where(best >= voiced, lo + j + offset, np.nan)
 
 
 def median_pitch(wave, sample_rate, fmin=30.0, fmax=1600.0):
     """Median fundamental frequency as a MIDI number (float), over voiced, non-quiet frames.
 
-    Frames are long enough for two periods of fmin; frames more than 20 dB below the loudest
-    are ignored. Returns nan when no frame is voiced.
+    Audio below 16 kHz is first FFT-resampled to 16 kHz (exact for band-limited audio), so that
+    short periods get enough lags. Frames hold two periods of fmin; frames more than 20 dB below
+    the loudest are ignored. Returns nan when no frame is voiced.
     """
+    import data
+
     wave = np.asarray(wave, dtype=np.float64)
+    if sample_rate < 16000:
+        wave, sample_rate = data.fft_resample(wave, sample_rate, 16000), 16000
     n = 2 ** int(math.ceil(math.log2(2 * sample_rate / fmin)))
     if len(wave) < n:
         wave = np.pad(wave, (0, n - len(wave)))
-    hop = n // 2
-    starts = np.arange(0, len(wave) - n + 1, hop)
+    starts = np.arange(0, len(wave) - n + 1, n // 2)
     frames = wave[starts[:, None] + np.arange(n)[None, :]]
     rms = np.sqrt((frames ** 2).mean(axis=1))
     frames = frames[rms > 0.1 * rms.max()] if rms.max() > 0 else frames[:0]
-    lo = int(sample_rate / min(fmax, 0.45 * sample_rate))
+    lo = max(2, int(sample_rate / fmax))
     hi = min(int(math.ceil(sample_rate / fmin)), n // 2 - 2)
-    periods = np.array([_frame_pitch(row, lo, hi) for row in _nsdf(frames)])
+    periods = _periods(_nsdf(frames), lo, hi)
     periods = periods[np.isfinite(periods)]
     if len(periods) == 0:
         return math.nan

@@ -286,16 +286,22 @@ DRUM_LEVEL = 0.8  # drum kit RMS relative to the pitched instruments' RMS
 CHORD_PROBABILITY = 0.5
 
 
-def draw_attributes(rng, tune, seconds):
-    """Random true attributes of one clip."""
-    tempo = str(rng.choice(("slow", "medium", "fast")))
+def draw_attributes(rng, tune, seconds, tempo=None, instrument=None, mode=None, drums=None):
+    """Random true attributes of one clip; any of tempo ("slow", "medium", "fast"), instrument,
+    mode and drums can be fixed instead (the same random numbers are drawn either way)."""
+    drawn_tempo = str(rng.choice(("slow", "medium", "fast")))
+    tempo = tempo or drawn_tempo
     lo, hi = TEMPO_RANGES[tempo]
-    instrument = str(rng.choice(INSTRUMENTS))
-    mode = str(rng.choice(("major", "minor")))
+    bpm = lo + int(rng.integers(hi - lo + 1))
+    drawn_instrument = str(rng.choice(INSTRUMENTS))
+    instrument = instrument or drawn_instrument
+    drawn_mode = str(rng.choice(("major", "minor")))
+    mode = mode or drawn_mode
     tonic = int(rng.integers(12))
-    drums = bool(rng.random() < DRUM_PROBABILITY)
+    drawn_drums = bool(rng.random() < DRUM_PROBABILITY)
+    drums = drawn_drums if drums is None else bool(drums)
     chords = bool(instrument in ("piano", "guitar", "organ") and rng.random() < CHORD_PROBABILITY)
-    return {"tempo": None if tempo == "medium" else tempo, "bpm": int(rng.integers(lo, hi + 1)),
+    return {"tempo": None if tempo == "medium" else tempo, "bpm": bpm,
             "instrument": instrument, "register": REGISTER_NAMES[instrument], "mode": mode,
             "key": f"{KEY_NAMES[mode][tonic]} {mode}", "tonic": tonic, "drums": drums,
             "chords": chords, "tune": tune["id"], "seconds": float(seconds)}
@@ -504,7 +510,7 @@ _INSTRUMENT_NP = {
                "a classical guitar"],
     "organ": ["an organ", "a church organ", "a drawbar organ", "a reedy electric organ"],
     "flute": ["a flute", "a wooden flute", "a concert flute", "a soft, airy flute"],
-    "bass": ["a bass guitar", "an electric bass", "a deep bass", "a round-toned bass"],
+    "bass": ["an electric bass", "a deep electric bass", "a fretless bass", "a round-toned bass"],
 }
 _MOODS = {"major": ["cheerful", "bright", "joyful", "uplifting", "sunny", "carefree"],
           "minor": ["melancholic", "wistful", "mournful", "brooding", "somber", "plaintive"]}

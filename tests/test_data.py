@@ -1,0 +1,429 @@
+"""Tests for data.py (sections 3.3, 3.6, 4.1), the toy corpus and evaluate.py's measurements."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.signal
+import soundfile as sf
+import torch
+
+import data
+import evaluate
+import toy_corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------------
+# FFT resampling (section 3.3.1)
+
+@pytest.mark.parametrize("orig_sr,new_sr", [(3200, 16000), (16000, 3200), (16000, 24000),
+                                            (24000, 16000)])
+@pytest.mark.parametrize("length", [2, 3, 17, 960, 961, 999, 1000, 1001])
+def test_fft_resample_matches_scipy(orig_sr, new_sr, length):
+    rng = np.random.default_rng(length)
+    x = rng.standard_normal((2, 3, length))
+    num = length * new_sr // orig_sr
+    if num == 0:
+        pytest.skip("no output sample")
+    want = scipy.signal.resample(x, num, axis=-1)
+    got = data.fft_resample(x, orig_sr, new_sr)
+    assert isinstance(got, np.ndarray) and got.shape == (2, 3, num)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    got_t = data.fft_resample(torch.from_numpy(x), orig_sr, new_sr)
+    assert isinstance(got_t, torch.Tensor) and got_t.dtype == torch.float64
+    np.testing.assert_allclose(got_t.numpy(), want, atol=1e-5, rtol=0)
+
+
+def test_fft_upsampling_is_exact_on_band_limited_clips():
+    # A periodic sine below 1.6 kHz at 3.2 kHz is the same sine at 16 kHz, and back again.
+    t3 = np.arange(3200) / 3200.0
+    t16 = np.arange(16000) / 16000.0
+    low = np.sin(2 * np.pi * 440 * t3 + 0.3)
+    up = data.fft_resample(low, 3200, 16000)
+    np.testing.assert_allclose(up, np.sin(2 * np.pi * 440 * t16 + 0.3), atol=1e-9)
+    np.testing.assert_allclose(data.fft_resample(up, 16000, 3200), low, atol=1e-9)
+    assert data.fft_resample(low, 3200, 3200) is low
+
+
+# ----------------------------------------------------------------------------------------------
+# Log-mel spectrogram (section 3.3.2)
+
+def _reference_htk_filters(n_mels, n_fft, sr, fmin, fmax):
+    """Independent HTK mel triangles: np.interp through (lower, centre, upper) in Hz."""
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    hz = lambda m: 700.0 * (10.0 ** (m / 2595.0) - 1.0)  # noqa: E731
+    points = [hz(m) for m in np.linspace(mel(fmin), mel(fmax), n_mels + 2)]
+    freqs = np.arange(n_fft // 2 + 1) * sr / n_fft
+    return np.stack([np.interp(freqs, points[i:i + 3], [0.0, 1.0, 0.0], left=0.0, right=0.0)
+                     for i in range(n_mels)])
+
+
+def test_mel_filterbank_matches_htk_formula():
+    fb = data.mel_filterbank()
+    want = _reference_htk_filters(80, 1024, 16000, 0.0, 8000.0)
+    assert fb.shape == (80, 513)
+    np.testing.assert_allclose(fb, want, atol=1e-9)
+    assert (fb.max(axis=1) > 0.5).all()  # every channel sees at least one FFT bin
+    assert abs(data.hz_to_mel(1000.0) - 1000.0) < 0.1  # the HTK scale's anchor
+    np.testing.assert_allclose(data.mel_to_hz(data.hz_to_mel([55.0, 4000.0])), [55.0, 4000.0])
+
+
+def test_log_mel_shape_range_and_frame_rate():
+    torch.manual_seed(0)
+    wave = 0.3 * torch.randn(2, 3, 32000)
+    spec = data.log_mel(wave)
+    assert spec.shape == (2, 3, data.MEL_BINS, 200)  # 2 s at 100 fps
+    assert spec.min() >= -1 and spec.max() <= 1
+    assert data.log_mel(torch.randn(32000 + 159)).shape == (80, 200)  # frames = T // 160
+    assert data.log_mel(np.zeros(16000, dtype=np.float32)).min() == -1.0  # silence at the floor
+    assert isinstance(data.log_mel(np.zeros(1600)), np.ndarray)
+    assert data.log_mel(torch.randn(24000), sample_rate=24000).shape == (80, 100)
+    with pytest.raises(ValueError):
+        data.log_mel(torch.zeros(100))
+
+
+def test_log_mel_puts_a_tone_in_its_channel_and_a_click_in_its_frame():
+    t = torch.arange(16000, dtype=torch.float64) / 16000
+    spec = data.log_mel(0.5 * torch.sin(2 * np.pi * 1000 * t))
+    centres = data.mel_to_hz(np.linspace(0, data.hz_to_mel(8000.0), 82))[1:-1]
+    assert int(spec[:, 50].argmax()) == int(np.abs(centres - 1000).argmin())
+    # Frame i is centred on sample 160 i + 80.
+    click = torch.zeros(16000, dtype=torch.float64)
+    click[160 * 37 + 80] = 1.0
+    energy = data.denormalize_db(data.log_mel(click)).sum(dim=0)
+    assert int(energy.argmax()) == 37
+
+
+def test_db_normalisation_round_trips():
+    db = torch.linspace(data.DB_MIN, data.DB_MAX, 50)
+    x = data.normalize_db(db)
+    assert x.min() == -1 and x.max() == 1
+    torch.testing.assert_close(data.denormalize_db(x), db)
+    mel = torch.tensor([1e-3, 0.5, 2.0])
+    torch.testing.assert_close(data.db_to_mel(data.mel_to_db(mel)), mel)
+
+
+# ----------------------------------------------------------------------------------------------
+# Manifests and real audio (section 3.6)
+
+def _write_lines(path, lines):
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def test_read_manifest_resolves_paths_and_names_bad_lines(tmp_path):
+    good = tmp_path / "m.jsonl"
+    _write_lines(good, ['{"audio": "a/x.wav", "captions": ["hi"]}', "",
+                        '{"audio": "/abs/y.flac"}'])
+    entries = data.read_manifest(good)
+    assert entries[0]["audio"] == str(tmp_path / "a" / "x.wav")
+    assert entries[1]["audio"] == "/abs/y.flac" and entries[1]["captions"] == []
+    bad = tmp_path / "bad.jsonl"
+    _write_lines(bad, ['{"audio": "x.wav"}', '{"audio": "y.wav"}', '{"audio": "z.wav",'])
+    with pytest.raises(data.ManifestError, match=r"bad\.jsonl:3: not valid JSON"):
+        data.read_manifest(bad)
+    _write_lines(bad, ['{"audio": "x.wav"}', '{"captions": []}'])
+    with pytest.raises(data.ManifestError, match=r"bad\.jsonl:2: .*audio"):
+        data.read_manifest(bad)
+    with pytest.raises(data.ManifestError, match="cannot read"):
+        data.read_manifest(tmp_path / "missing.jsonl")
+
+
+def _audio_zoo(tmp_path):
+    """Good and bad files; returns the manifest path."""
+    rng = np.random.default_rng(0)
+    tone = lambda sr, s: 0.5 * np.sin(2 * np.pi * 220 * np.arange(int(sr * s)) / sr)  # noqa
+    sf.write(tmp_path / "long.wav", tone(8000, 70.0), 8000)  # 70 s -> two 30 s clips
+    stereo = np.stack([tone(22050, 2.0), 0.5 * tone(22050, 2.0)], axis=1)
+    sf.write(tmp_path / "stereo.flac", stereo, 22050)
+    sf.write(tmp_path / "good.wav", 0.1 * rng.standard_normal(16000), 16000, subtype="PCM_16")
+    raw = (tmp_path / "good.wav").read_bytes()
+    (tmp_path / "truncated.wav").write_bytes(raw[:len(raw) // 2])
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("this is not audio\n")
+    nan = 0.1 * rng.standard_normal(1600)
+    nan[7] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "silent.wav", np.zeros(1600), 16000)
+    names = ["long.wav", "stereo.flac", "good.wav", "truncated.wav", "empty.wav", "text.wav",
+             "nan.wav", "silent.wav", "missing.wav"]
+    manifest = tmp_path / "m.jsonl"
+    _write_lines(manifest, [json.dumps({"audio": n, "captions": []}) for n in names])
+    return manifest
+
+
+def test_load_clips_skips_bad_files_and_cuts_30s_clips(tmp_path, capsys):
+    entries = data.read_manifest(_audio_zoo(tmp_path))
+    clips, skipped = data.load_clips(entries, 16000, progress=False)
+    reasons = {os.path.basename(p): r for p, r in skipped}
+    assert set(reasons) == {"truncated.wav", "empty.wav", "text.wav", "nan.wav", "silent.wav",
+                            "missing.wav"}
+    assert "truncated" in reasons["truncated.wav"] and "empty" in reasons["empty.wav"]
+    assert "not readable" in reasons["text.wav"] and "NaN" in reasons["nan.wav"]
+    assert reasons["silent.wav"] == "silent" and reasons["missing.wav"] == "missing file"
+    err = capsys.readouterr().err
+    for name in reasons:
+        assert err.count(name) == 1  # each reported once
+    assert "skipped 6 of 9 audio files" in err
+    names = [os.path.basename(e["audio"]) for e, _ in clips]
+    assert names == ["long.wav", "long.wav", "stereo.flac", "good.wav"]
+    assert [len(w) for _, w in clips] == [480000, 480000, 32000, 16000]
+    assert [e["clip_start"] for e, _ in clips[:2]] == [0.0, 30.0]
+    assert all(w.dtype == np.float32 and w.ndim == 1 for _, w in clips)
+    # Stereo mixed down to mono: the mean of a tone and half of it, 0.75 of the tone.
+    assert abs(np.abs(clips[2][1]).max() - 0.375) < 0.01
+
+
+def test_load_clips_cache_is_used(tmp_path):
+    sf.write(tmp_path / "a.wav", 0.3 * np.sin(np.arange(4000) / 5.0), 8000)
+    entries = [{"audio": str(tmp_path / "a.wav"), "captions": []}]
+    cache = tmp_path / "cache"
+    first, _ = data.load_clips(entries, 16000, cache_dir=str(cache), progress=False)
+    assert len(os.listdir(cache)) == 1
+    np.save(cache / os.listdir(cache)[0], np.full(8000, 0.25, dtype=np.float32))  # poison it
+    second, _ = data.load_clips(entries, 16000, cache_dir=str(cache), progress=False)
+    assert len(first[0][1]) == 8000 and (second[0][1] == 0.25).all()
+    third, _ = data.load_clips(entries, 3200, cache_dir=str(cache), progress=False)
+    assert len(third[0][1]) == 1600  # another rate, another key
+
+
+# ----------------------------------------------------------------------------------------------
+# Text batches (section 4.1)
+
+def test_text_entries_long_captions_then_chunked_tags():
+    entry = {"captions": ["one long sentence.", "two", "three"],
+             "tags": ["fast", "flute melody", "major key", "irish folk", "reel", "a b c d e f g"],
+             "metadata": {"title": "The Lark", "form": "reel", "key": "D major"},
+             "pseudo_tags": ["happy"]}
+    entries = data.text_entries(entry, token_len=4)
+    assert entries[:3] == ["one long sentence.", "two", "three"]
+    chunks = entries[3:]
+    assert all(len(c.split()) <= 4 for c in chunks)
+    joined = ", ".join(chunks)
+    order = ["fast", "flute melody", "major key", "irish folk", "reel", "a b c d", "e f g",
+             "happy", "The Lark", "reel", "D major"]
+    assert joined == ", ".join(order)
+    by_chars = data.text_entries(entry, token_len=30, count_tokens=len)
+    assert all(len(c) <= 30 for c in by_chars[3:])
+    assert data.text_entries({"captions": [], "pseudo_captions": ["p"]}, 8) == ["p"]
+
+
+def test_draw_text_unconditional_when_no_text():
+    rng = np.random.default_rng(0)
+    assert data.draw_text(data.text_entries({"audio": "x", "captions": []}, 64), rng) == ""
+    entries = ["a", "b", "c"]
+    assert {data.draw_text(entries, rng) for _ in range(50)} == set(entries)
+
+
+# ----------------------------------------------------------------------------------------------
+# Crops (section 4.1)
+
+def test_random_crop_keeps_wave_and_frames_aligned():
+    rng = np.random.default_rng(0)
+    wave = np.arange(16000 * 4)
+    frames = torch.arange(16000 * 4 // 160)[None, :].repeat(80, 1)  # (80, frames)
+    for _ in range(20):
+        length = data.draw_crop_length(0.4, 0.53, 16000, rng, multiple=160)
+        assert 0.4 * 16000 - 160 <= length <= 0.53 * 16000 and length % 160 == 0
+        w, f = data.random_crop([wave, frames], length, rng, hops=[1, 160])
+        assert len(w) == length and f.shape == (80, length // 160)
+        assert w[0] == 160 * int(f[0, 0]) and (f[:, 0] == f[0, 0]).all()
+    short = data.random_crop([np.ones(100)], 160, rng)[0]
+    assert len(short) == 160 and short[100:].sum() == 0
+    with pytest.raises(ValueError):
+        data.random_crop([wave, frames], 1000, rng, hops=[1, 160])
+
+
+# ----------------------------------------------------------------------------------------------
+# Conditioning augmentation (section 4.1)
+
+def test_blur_kernels_and_sigma_ranges():
+    assert data.AUGMENTATIONS["cascader"] == data.Augmentation(0.5, "1d", (0.1, 5.0), 10)
+    assert data.AUGMENTATIONS["vocoder"] == data.Augmentation(1.0, "2d", (0.2, 1.0), 5)
+    assert data.AUGMENTATIONS["super-res"].t_max == 1.0
+    k = data.gaussian_kernels(torch.tensor([0.1, 1.0, 5.0]), 10)
+    torch.testing.assert_close(k.sum(dim=1), torch.ones(3))
+    assert k.shape == (3, 10) and int(k[1].argmax()) == 5  # offsets -5..4
+    sigma = data.random_blur_sigma(1000, (0.1, 5.0), torch.Generator().manual_seed(0))
+    assert 0.1 <= sigma.min() and sigma.max() <= 5.0 and sigma.std() > 1.0
+
+
+def test_blur_1d_preserves_sum_and_is_identity_at_small_sigma():
+    x = torch.zeros(3, 2, 200)
+    x[:, :, 90:110] = torch.randn(3, 2, 20)
+    sigma = torch.tensor([0.1, 1.0, 5.0])
+    y = data.blur_1d(x, sigma)
+    torch.testing.assert_close(y.sum(dim=-1), x.sum(dim=-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y[0], x[0], atol=1e-6, rtol=0)
+    # An impulse spreads with variance ~sigma^2; wider sigma, wider spread.
+    impulse = torch.zeros(3, 1, 101, dtype=torch.float64)
+    impulse[:, :, 50] = 1.0
+    response = data.blur_1d(impulse, sigma.double())[:, 0]
+    offsets = torch.arange(101, dtype=torch.float64) - 50
+    variance = (response * offsets ** 2).sum(dim=1)
+    assert abs(variance[1] - 1.0) < 0.01 and variance[2] > 3 * variance[1]
+    constant = torch.full((1, 1, 64), 0.7)
+    torch.testing.assert_close(data.blur_1d(constant, torch.tensor([3.0])), constant)
+
+
+def test_blur_2d_is_a_separable_5x5_gaussian():
+    spec = torch.zeros(2, 80, 40, dtype=torch.float64)
+    spec[:, 40, 20] = 1.0
+    sigma = torch.tensor([0.2, 1.0], dtype=torch.float64)
+    out = data.blur_2d(spec, sigma)
+    k = data.gaussian_kernels(sigma, 5)
+    for b in range(2):
+        torch.testing.assert_close(out[b, 38:43, 18:23], torch.outer(k[b], k[b]))
+        assert abs(out[b].sum() - 1.0) < 1e-12 and out[b].abs().sum() - 1.0 < 1e-12
+    torch.testing.assert_close(out[0], spec[0], atol=1e-4, rtol=0)  # sigma 0.2: nearly identity
+    assert out.min() >= 0 and out.max() <= 1  # a blur keeps [-1, 1] spectrograms in range
+
+
+def test_noise_augment_draws_t_in_range_and_uses_q_sample():
+    import diffusion
+
+    cond = torch.randn(256, 1, 64)
+    gen = torch.Generator().manual_seed(0)
+    noisy, t = data.noise_augment(cond, 0.5, "linear", gen)
+    assert noisy.shape == cond.shape and t.shape == (256,)
+    assert 0 <= t.min() and t.max() <= 0.5 and t.max() > 0.45 and t.min() < 0.05
+    gen = torch.Generator().manual_seed(0)
+    t2 = 0.5 * torch.rand(256, generator=gen)
+    eps = torch.randn(cond.shape, generator=gen)
+    torch.testing.assert_close(t, t2)
+    torch.testing.assert_close(noisy, diffusion.q_sample(cond, t2, eps, "linear"))
+    spec = torch.rand(4, 80, 50) * 2 - 1
+    out, t = data.augment_conditioning(spec, data.AUGMENTATIONS["vocoder"], "linear",
+                                       torch.Generator().manual_seed(1))
+    assert out.shape == spec.shape and t.max() <= 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The toy corpus and its vocabulary
+
+def _corpus(out, seed):
+    config = toy_corpus.ToyConfig(clips=6, unlabeled=2, seconds=1.0, seed=seed)
+    toy_corpus.write_corpus(str(out), config, progress=False)
+
+
+def test_toy_corpus_is_deterministic_and_honours_its_vocabulary(tmp_path):
+    _corpus(tmp_path / "a", 7)
+    _corpus(tmp_path / "b", 7)
+    _corpus(tmp_path / "c", 8)
+    files = ["manifest.jsonl", "unlabeled/manifest.jsonl", "heldout_captions.jsonl"]
+    files += [f"audio/{n}" for n in sorted(os.listdir(tmp_path / "a" / "audio"))]
+    assert len(files) == 3 + 8
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert (tmp_path / "a/audio/clip_000000.flac").read_bytes() != \
+        (tmp_path / "c/audio/clip_000000.flac").read_bytes()
+    labeled = data.read_manifest(tmp_path / "a" / "manifest.jsonl")
+    unlabeled = data.read_manifest(tmp_path / "a" / "unlabeled" / "manifest.jsonl")
+    assert len(labeled) == 6 and len(unlabeled) == 2
+    assert all(os.path.exists(e["audio"]) for e in labeled + unlabeled)
+    assert all(e["captions"] == [] and "attributes" in e for e in unlabeled)
+    for e in labeled:
+        assert len(e["captions"]) == 3 and e["tags"] and e["metadata"]["title"]
+        texts = e["captions"] + e["tags"] + [str(v) for v in e["metadata"].values()]
+        assert toy_corpus.vocabulary_violations(texts, e["attributes"]) == []
+        a = e["attributes"]
+        lo, hi = toy_corpus.REGISTERS[a["instrument"]]
+        assert lo <= a["note_range"][0] and a["note_range"][1] <= hi
+        wave, rate = sf.read(e["audio"])
+        assert rate == 24000 and len(wave) == 24000
+    heldout = [json.loads(x) for x in open(tmp_path / "a" / "heldout_captions.jsonl")]
+    train_captions = {c for e in labeled for c in e["captions"]}
+    assert len(heldout) == 120 and not train_captions & {h["caption"] for h in heldout}
+    for h in heldout:
+        assert toy_corpus.vocabulary_violations([h["caption"]], dict(h["attributes"], tempo=(
+            h["attributes"]["tempo"]))) == []
+
+
+def test_vocabulary_of_many_clips_and_modes():
+    tunes = toy_corpus.load_tunes()
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        tune = tunes[int(rng.integers(len(tunes)))]
+        attrs = toy_corpus.draw_attributes(rng, tune, 4.0)
+        texts = (toy_corpus.long_captions(tune, attrs, rng) + toy_corpus.short_tags(tune, attrs, rng)
+                 + list(toy_corpus.metadata(tune, attrs).values()))
+        assert toy_corpus.vocabulary_violations(texts, attrs) == [], texts
+        melody, _ = toy_corpus.arrange(tune, attrs, rng)
+        scale = {(attrs["tonic"] + d) % 12 for d in toy_corpus.SCALES[attrs["mode"]]}
+        assert {m % 12 for _, _, m in melody} <= scale  # the mode is true
+        lo, hi = toy_corpus.TEMPO_RANGES[{None: "medium"}.get(attrs["tempo"], attrs["tempo"])]
+        assert lo <= attrs["bpm"] <= hi
+
+
+def _measure(measure, rate, n=10, seed=0, **fixed):
+    """Measure n clips with fixed attributes, synthesized at 24 kHz and resampled to `rate`."""
+    tunes = toy_corpus.load_tunes()
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        tune = tunes[int(rng.integers(len(tunes)))]
+        attrs = toy_corpus.draw_attributes(rng, tune, 3.0, **fixed)
+        audio, _ = toy_corpus.render_clip(tune, attrs, rng)
+        values.append(measure(data.fft_resample(audio.astype(np.float64), 24000, rate), rate))
+    return np.array(values)
+
+
+def test_fast_clips_have_more_onsets_than_slow_ones():
+    slow = _measure(evaluate.onset_rate, 24000, tempo="slow", seed=1)
+    fast = _measure(evaluate.onset_rate, 24000, tempo="fast", seed=2)
+    assert np.median(fast) > 1.6 * np.median(slow) and fast.mean() > 1.6 * slow.mean()
+
+
+@pytest.mark.parametrize("rate", [16000, 3200])
+def test_bass_clips_are_lower_than_flute_clips(rate):
+    bass = _measure(evaluate.median_pitch, rate, instrument="bass", seed=3)
+    flute = _measure(evaluate.median_pitch, rate, instrument="flute", seed=4)
+    assert bass.max() < 53 and np.median(flute) > 71 and np.median(flute) - np.median(bass) > 24
+
+
+def test_drum_clips_are_more_percussive_than_solo_ones():
+    drums = _measure(evaluate.percussive_ratio, 24000, drums=True, seed=5)
+    solo = _measure(evaluate.percussive_ratio, 24000, drums=False, seed=6)
+    assert drums.min() > 2 * solo.max()
+
+
+def test_measurements_on_closed_form_signals():
+    sr = 16000
+    t = np.arange(2 * sr) / sr
+    assert abs(evaluate.median_pitch(np.sin(2 * np.pi * 110.0 * t), sr) - 45.0) < 0.1
+    clicks = np.zeros(2 * sr)
+    clicks[::sr // 4] = 1.0  # 4 clicks per second
+    assert abs(evaluate.onset_rate(clicks, sr) - 4.0) <= 0.5
+    noise = np.random.default_rng(0).standard_normal(sr)
+    sine = np.sin(2 * np.pi * 440 * t[:sr])
+    assert evaluate.percussive_ratio(sine, sr) < 0.05 < evaluate.percussive_ratio(clicks, sr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command lines: --help works, bad usage exits 2 with one line and no traceback
+
+def _run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_command_lines(tmp_path):
+    assert _run("data.py", "toy", "--help").returncode == 0
+    bad = _run("data.py", "toy", "--out", str(tmp_path), "--clips", "many")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    manifest = tmp_path / "m.jsonl"
+    _write_lines(manifest, ['{"audio": "x.wav"}', "{oops"])
+    bad = _run("data.py", "check", str(manifest))
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("m.jsonl:2: not valid JSON "
+                                                              "(Expecting property name "
+                                                              "enclosed in double quotes)")
+    assert len(bad.stderr.strip().splitlines()) == 1
+    sf.write(tmp_path / "x.wav", 0.5 * np.sin(np.arange(3200) / 3.0), 16000)
+    out = _run("evaluate.py", "analyze", str(tmp_path / "x.wav"))
+    assert out.returncode == 0 and "onsets" in out.stdout
+    bad = _run("evaluate.py", "analyze", str(tmp_path / "nope.wav"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
