@@ -298,7 +298,8 @@ def _cache_path(cache_dir, path, sample_rate):
 
 def load_track(path, sample_rate, cache_dir=None):
     """A whole track as float32 mono at `sample_rate` (FFT-resampled whole); raise AudioError."""
-    cached = _cache_path(cache_dir, path, sample_rate) if cache_dir and os.path.exists(path) else None
+    use_cache = cache_dir and os.path.exists(path)
+    cached = _cache_path(cache_dir, path, sample_rate) if use_cache else None
     if cached and os.path.exists(cached):
         return np.load(cached)
     mono, rate = decode_audio(path)
@@ -611,7 +612,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "toy":
-            toy_corpus.main(args)
+            toy_corpus.run(args)
         elif args.command == "tunes":
             toy_corpus.build_tune_asset(args.out)
         else:

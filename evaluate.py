@@ -34,8 +34,9 @@ def _stft_power(wave, sample_rate, window_seconds, hop_seconds):
 def onset_rate(wave, sample_rate):
     """Onsets per second: peaks of the log-magnitude spectral flux (10 ms frames).
 
-    The flux follows SuperFlux's vibrato suppression. A peak counts when it is the largest within +-50 ms and exceeds both 10% of the largest flux
-    and the local mean over +-100 ms by 5% of the largest flux.
+    The flux follows SuperFlux's vibrato suppression. A peak counts when it is the largest
+    within +-50 ms and exceeds both 10% of the largest flux and the local mean over +-100 ms
+    by 5% of the largest flux.
     """
     power, hop = _stft_power(wave, sample_rate, 0.04, 0.01)
     log_mag = np.log1p(100.0 * np.sqrt(power))

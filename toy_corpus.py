@@ -1,4 +1,4 @@
-"""The toy corpus: real folk tunes from music21's corpus, synthesized with captions (section 3.5-3.6).
+"""The toy corpus: folk tunes from music21's corpus, synthesized and captioned (sections 3.5-3.6).
 
 The paper trains on 6.8M tracks with pseudo labels (section 3.5) and metadata (section 3.6); none
 of that is public. This stands in for it at a scale a laptop CPU can train on, while keeping the
@@ -64,13 +64,14 @@ _VOCAB_RE = re.compile(r"\b(" + "|".join(VOCABULARY) + r"|drum|slowly|air lent)\
 # Building the tune asset from music21's corpus (run once; `python data.py tunes`)
 
 # (corpus path, how many tunes, defaults for metadata the files do not give)
+_ONEILL = {"source": "O'Neill's Music of Ireland", "region": "Ireland"}
 _SOURCES = [
     ("ryansMammoth", 220, {"source": "Ryan's Mammoth Collection"}),
-    ("oneills1850/0550-0625.abc", 30, {"source": "O'Neill's Music of Ireland", "region": "Ireland"}),
-    ("oneills1850/0759-0810.abc", 30, {"source": "O'Neill's Music of Ireland", "region": "Ireland"}),
-    ("oneills1850/1176-1275.abc", 30, {"source": "O'Neill's Music of Ireland", "region": "Ireland"}),
-    ("oneills1850/1556-1624.abc", 25, {"source": "O'Neill's Music of Ireland", "region": "Ireland"}),
-    ("oneills1850/1136-1175.abc", 20, {"source": "O'Neill's Music of Ireland", "region": "Ireland"}),
+    ("oneills1850/0550-0625.abc", 30, _ONEILL),
+    ("oneills1850/0759-0810.abc", 30, _ONEILL),
+    ("oneills1850/1176-1275.abc", 30, _ONEILL),
+    ("oneills1850/1556-1624.abc", 25, _ONEILL),
+    ("oneills1850/1136-1175.abc", 20, _ONEILL),
     ("airdsAirs/book1.abc", 30, {"source": "Aird's Airs", "region": "Scotland", "form": "air"}),
     ("miscFolk/americanfifeopus.abc", 25, {"source": "American fife tunes",
                                            "region": "the United States", "form": "fife tune"}),
@@ -93,7 +94,8 @@ _FORMS = [("wiegen", "lullaby"), ("kinder", "children's song"), ("tanz", "dance 
           ("shange", "shan'ge mountain song"), ("haozi", "work song"), ("reel", "reel"),
           ("slip", "slip jig"), ("jig", "jig"), ("hornpipe", "hornpipe"),
           ("strathspey", "strathspey"), ("fling", "highland fling"), ("clog", "clog dance"),
-          ("waltz", "waltz"), ("polka", "polka"), ("march", "march"), ("schottische", "schottische"),
+          ("waltz", "waltz"), ("polka", "polka"), ("march", "march"),
+          ("schottische", "schottische"),
           ("quadrille", "quadrille"), ("set dance", "set dance"), ("air", "air")]
 
 
@@ -184,18 +186,12 @@ def _tune_record(score, defaults, header, tune_id):
     title = _clean_title(header.get("T") or (md.title if md else ""))
     if not title and tune_id.startswith("bach/"):
         title = "Chorale " + tune_id.split("/")[1].upper().replace("BWV", "BWV ")
+    ts = next(iter(score.recurse().getElementsByClass("TimeSignature")), None)
+    bar = int(round(float(ts.barDuration.quarterLength) * TICKS)) if ts else 4 * TICKS
     record = dict(defaults)
-    record.update({
-        "id": tune_id,
-        "title": title,
-        "tonic": k.tonic.pitchClass,
-        "source_mode": k.mode,
-        "beat": _beat_ticks(score, notes),
-        "bar": int(round(float(score.recurse().getElementsByClass("TimeSignature")[0]
-                               .barDuration.quarterLength) * TICKS))
-        if score.recurse().getElementsByClass("TimeSignature") else 4 * TICKS,
-        "notes": [v for n in notes for v in n],
-    })
+    record.update({"id": tune_id, "title": title, "tonic": k.tonic.pitchClass,
+                   "source_mode": k.mode, "beat": _beat_ticks(score, notes), "bar": bar,
+                   "notes": [v for n in notes for v in n]})
     composer = header.get("C") or (md.composer if md else None)
     if composer and "composer" not in defaults and not re.search(_NOT_COMPOSER, composer, re.I):
         record["composer"] = composer.strip(" .").title()
@@ -517,7 +513,8 @@ _MOODS = {"major": ["cheerful", "bright", "joyful", "uplifting", "sunny", "caref
 _MODE_PHRASE = {"major": ["in a major key", "in {key}", "in a bright major key"],
                 "minor": ["in a minor key", "in {key}", "in a dark minor key"]}
 _PERCUSSION = {True: [", with drums", ", over a steady beat of drums",
-                      ", backed by drums (kick, snare and hi-hat)", ", with a drum kit keeping time"],
+                      ", backed by drums (kick, snare and hi-hat)",
+                      ", with a drum kit keeping time"],
                False: ["", "", ", played solo", ", solo and without percussion",
                        ", with no percussion"]}
 _CHORDS = {"piano": [" with left-hand chords", " over simple chords"],
@@ -768,8 +765,8 @@ def config_from_args(args, parser):
     return config
 
 
-def main(args):
-    """`python data.py toy ...`."""
+def run(args):
+    """Write the corpus for parsed `data.py toy` flags; report clips per minute on stderr."""
     parser = args.toy_parser
     config = config_from_args(args, parser)
     if not os.path.exists(args.tunes):
@@ -779,3 +776,16 @@ def main(args):
     minutes = (time.time() - start) / 60.0
     print(f"wrote {count} clips of {config.seconds:g} s to {args.out} in {minutes * 60:.1f} s "
           f"({count / max(minutes, 1e-9):.0f} clips/min)", file=sys.stderr)
+
+
+def main(argv=None):
+    """`python toy_corpus.py --out DIR ...`, the same as `python data.py toy --out DIR ...`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="data.py toy", description=CLI_DESCRIPTION)
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

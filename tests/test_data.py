@@ -349,7 +349,8 @@ def test_vocabulary_of_many_clips_and_modes():
     for _ in range(300):
         tune = tunes[int(rng.integers(len(tunes)))]
         attrs = toy_corpus.draw_attributes(rng, tune, 4.0)
-        texts = (toy_corpus.long_captions(tune, attrs, rng) + toy_corpus.short_tags(tune, attrs, rng)
+        texts = (toy_corpus.long_captions(tune, attrs, rng)
+                 + toy_corpus.short_tags(tune, attrs, rng)
                  + list(toy_corpus.metadata(tune, attrs).values()))
         assert toy_corpus.vocabulary_violations(texts, attrs) == [], texts
         melody, _ = toy_corpus.arrange(tune, attrs, rng)
@@ -427,3 +428,13 @@ def test_command_lines(tmp_path):
     assert out.returncode == 0 and "onsets" in out.stdout
     bad = _run("evaluate.py", "analyze", str(tmp_path / "nope.wav"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_tune_asset_is_small_and_vocabulary_free():
+    assert os.path.getsize(toy_corpus.TUNES_PATH) < 2 * 1024 * 1024
+    tunes = toy_corpus.load_tunes()
+    assert len(tunes) > 500 and len({t["id"] for t in tunes}) == len(tunes)
+    for tune in tunes:
+        fields = [tune.get(k, "") for k in ("title", "composer", "form", "region", "source")]
+        assert not toy_corpus._VOCAB_RE.search(" ".join(fields)), fields
+        assert len(tune["notes"]) >= 16 and tune["beat"] > 0 and tune["bar"] > 0
