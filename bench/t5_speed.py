@@ -4,6 +4,7 @@ same inputs, same run; prints the median of the per-run ratios ours / theirs
 (below 1: ours is faster).
 
     python bench/t5_speed.py [--threads 2] [--reps 10] [--dtype float32|bfloat16] [--device cpu|cuda]
+                             [--batch 8] [--length 64] [--attn sdpa,eager]
 
 transformers is not a dependency of this project: without it this prints a message and exits 0
 (run it where transformers is installed, e.g. the venv of tests/fixtures/make_t5_fixtures.py).
@@ -42,11 +43,11 @@ def make_pair(config, attn, dtype, device):
     return ours.to(device=device, dtype=dtype).eval(), theirs
 
 
-def batch(config, B=8, L=64, device="cpu"):
-    """Token ids with padding: lengths from 16 to L."""
+def batch(config, B, L, device):
+    """Token ids with padding: lengths from L/4 to L."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, config.vocab_size, (B, L), generator=g)
-    lengths = torch.linspace(16, L, B).long()
+    lengths = torch.linspace(L // 4, L, B).long()
     mask = torch.arange(L)[None, :] < lengths[:, None]
     return ids.masked_fill(~mask, 0).to(device), mask.to(device)
 
@@ -65,11 +66,11 @@ def timed(fn, device):
 def compare(name, config, attn, args):
     dtype = getattr(torch, args.dtype)
     ours, theirs = make_pair(config, attn, dtype, args.device)
-    ids, mask = batch(config, device=args.device)
+    ids, mask = batch(config, args.batch, args.length, args.device)
     run_ours = lambda: ours(ids, mask)
     run_theirs = lambda: theirs(input_ids=ids, attention_mask=mask.long()).last_hidden_state
     err = (run_ours().float() - run_theirs().float())[mask].abs().max().item()
-    for _ in range(2):                                        # warm-up
+    for _ in range(3):                                        # warm-up
         run_ours(), run_theirs()
     t_ours, t_theirs = [], []
     for _ in range(args.reps):                                # interleaved, so load drifts hit both
@@ -87,6 +88,8 @@ def main():
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--length", type=int, default=64)
     p.add_argument("--attn", default="sdpa,eager", help="transformers attention implementations to compare")
     args = p.parse_args()
     try:
@@ -96,7 +99,7 @@ def main():
         return
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.device}, "
-          f"{args.threads} threads, {args.dtype}, batch 8 x 64 tokens, median of {args.reps}")
+          f"{args.threads} threads, {args.dtype}, batch {args.batch} x {args.length} tokens, median of {args.reps}")
     for name, config in PRESETS.items():
         for attn in args.attn.split(","):
             compare(name, config, attn, args)
