@@ -358,20 +358,29 @@ class SafetensorsFile:
 
     def __init__(self, path):
         self.path = path
-        size = os.path.getsize(path)
+        try:
+            header, size = self._read_header()
+        except OSError as e:
+            raise T5LoadError(f"{path}: cannot read ({e.strerror or e})") from None
+        self.entries = self._check(header, size - self.data_start)
+
+    def _read_header(self):
+        """The parsed JSON header and the file size."""
+        path, size = self.path, os.path.getsize(self.path)
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
                 raise T5LoadError(f"{path}: {size} bytes, too short for a safetensors file")
             (n,) = struct.unpack("<Q", head)        # header length, 8 bytes little-endian
             if n > min(size - 8, _MAX_HEADER):
-                raise T5LoadError(f"{path}: header length {n} does not fit in the file ({size} bytes); truncated or not safetensors")
+                raise T5LoadError(f"{path}: header length {n} does not fit in the file ({size} bytes); "
+                                  f"truncated or not safetensors")
             try:
                 header = json.loads(f.read(n).decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 raise T5LoadError(f"{path}: malformed JSON header ({e})") from None
         self.data_start = 8 + n
-        self.entries = self._check(header, size - self.data_start)
+        return header, size
 
     def _check(self, header, data_size):
         """{name: (dtype, shape, begin, end)}, or T5LoadError on any field out of order."""
@@ -530,6 +539,9 @@ def read_encoder_weights(directory, config, device="cpu", dtype=torch.float32):
         raise T5LoadError(f"{f.path}: config.json implies {num_parameters(config):,} encoder parameters, "
                           f"more than the {file_bytes:,}-byte weights can hold")
     available = f.shapes()
+    if config.num_layers > len(available):   # a cheap bound before listing 8 tensors a layer
+        raise T5LoadError(f"{f.path}: config.json implies {config.num_layers} layers, more than the "
+                          f"{len(available)} tensors in the file")
     # encoder-only checkpoints may name the embedding this way instead
     alias = {} if "shared.weight" in available else {"shared.weight": "encoder.embed_tokens.weight"}
     for parts in checkpoint_layout(config).values():

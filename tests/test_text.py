@@ -271,6 +271,8 @@ BREAKS = {  # name: (what to do to a copy of the relu fixture, the file the mess
                          "config.json", "num_heads"),
     "huge config": (lambda d: edit_json(os.path.join(d, "config.json"), d_model=1 << 24, vocab_size=1 << 24),
                     "model.safetensors", "parameters"),
+    "too many layers": (lambda d: edit_json(os.path.join(d, "config.json"), d_model=1, d_kv=1, num_heads=1,
+                                            d_ff=1, num_layers=5000), "model.safetensors", "5000 layers"),
     "missing config": (lambda d: os.remove(os.path.join(d, "config.json")), "config.json", "not found"),
     "malformed config": (lambda d: truncate(os.path.join(d, "config.json"), lambda n: n // 2),
                          "config.json", "JSON"),
