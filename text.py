@@ -20,11 +20,15 @@ What is here, top to bottom:
     * no absolute positions: a learned bias per (head, bucket of relative position) is added to
       the logits. The bias table lives in the first layer only and all layers share it;
     * the embedding is not scaled by sqrt(d_model).
-- `Tokenizer`: SentencePiece ids, then EOS (id 1), padded with 0 (T5's pad id) to `max_len`.
+  One departure in layout, not in maths: q, k, v are stacked in one matrix, and so are the gated
+  wi_0, wi_1 (one matmul each); `checkpoint_layout` maps them to and from the checkpoint names.
+- `Tokenizer`: SentencePiece ids, then EOS (id 1), padded with 0 (T5's pad id) to `max_len`;
+  the ids of transformers' SentencePiece-based ("slow") T5Tokenizer.
 - Checkpoints: `load_t5(dir)` / `save_t5(dir, ...)` read and write the Hugging Face layout
   (config.json, model.safetensors or pytorch_model.bin, spiece.model). The safetensors reader
-  and writer are written here (the format is an 8-byte header length, a JSON header and raw
-  little-endian bytes), so pickle is never involved and no extra package is needed.
+  and writer are written here (an 8-byte header length, a JSON header, raw little-endian bytes),
+  so no extra package is needed and safetensors never go through pickle; pytorch_model.bin is
+  read with torch.load(weights_only=True).
 - `EmbeddingCache`: the encoder is frozen, so each distinct caption is encoded once.
 
 Simplifications (all deliberate; the encoder is frozen and only ever run for inference):
@@ -33,7 +37,11 @@ Simplifications (all deliberate; the encoder is frozen and only ever run for inf
   precision, we do not. float32 and bfloat16 are the supported dtypes; float16 runs, but T5 v1.1
   activations are known to overflow in it;
 - the tokenizer does not parse special-token strings such as "</s>" or "<extra_id_0>" inside a
-  caption (transformers turns them into their ids; here they are ordinary text);
+  caption (transformers turns them into their ids; here they are ordinary text). transformers'
+  tokenizers-backed T5Tokenizer (the "fast" one, the only one in 5.x) splits on every Unicode
+  space before SentencePiece sees the text; with T5's own spiece.model (NFKC) that changes
+  nothing, with a model trained without normalisation it can differ on tabs and no-break spaces;
+- the cache lives in memory, for one process;
 - little-endian hosts only (every platform that PyTorch ships for).
 """
 import hashlib
