@@ -579,7 +579,7 @@ def read_config(path):
             raw = json.load(f)
     except FileNotFoundError:
         raise T5LoadError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise T5LoadError(f"{path}: not valid JSON ({e})") from None
     return config_from_dict(raw, where=path)
 
