@@ -93,12 +93,14 @@ def run_stage(stage, args, device):
         except torch.OutOfMemoryError:
             opt.zero_grad(set_to_none=True)
             B //= 2
-    counter = FlopCounterMode(display=False)
+    opt.zero_grad(set_to_none=True)
+    counter = FlopCounterMode(display=False)            # FLOPs are linear in the batch: count one example
+    one = {k: v[:1] for k, v in kw.items()}
     with counter:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            model(x0, torch.rand(B, device=device), **kw).float().square().mean().backward()
+            model(x0[:1], torch.rand(1, device=device), **one).float().square().mean().backward()
     opt.zero_grad(set_to_none=True)
-    flops = counter.get_total_flops()
+    flops = counter.get_total_flops() * B
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_rss_gib()
     print(f"{stage:15s} {count_parameters(model) / 1e6:7.1f}M  len {x0.shape[-1]:6d}  batch {B:3d}  "
           f"{1 / seconds:6.2f} steps/s  {B / seconds:7.1f} ex/s  peak {mem:6.1f} GiB  "
