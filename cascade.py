@@ -68,15 +68,15 @@ _FULL_UNETS = {
 # The toy presets: the same depths' roles (attention at the bottom, the vocoder's strides
 # multiplying to the 160-sample hop of a 100 fps spectrogram at 16 kHz), far smaller widths.
 _TOY_UNETS = {
-    "wave-generator": UNetConfig(32, 7, (4, 4, 4, 4), (1, 2, 3, 4), (1, 1, 2, 2), (F, F, T, T), (F, F, T, T), 4,
+    "wave-generator": UNetConfig(16, 5, (4, 4, 4, 4), (1, 2, 4, 8), (1, 1, 1, 2), (F, F, F, T), (F, F, T, T), 4,
                                  in_channels=1, text_dim=TOY_TEXT_DIM),
-    "cascader": UNetConfig(24, 7, (4, 4, 4), (1, 2, 3), (1, 1, 2), (F, F, F), (F, F, T), 4,
+    "cascader": UNetConfig(16, 5, (4, 4, 4), (1, 2, 4), (1, 1, 1), (F, F, F), (F, F, T), 4,
                            in_channels=1, cond_channels=1, text_dim=TOY_TEXT_DIM),
-    "spec-generator": UNetConfig(64, 5, (2, 2, 2), (1, 2, 2), (1, 2, 2), (F, T, T), (F, T, T), 4,
+    "spec-generator": UNetConfig(48, 5, (2, 2, 2), (1, 2, 3), (1, 2, 2), (F, F, T), (F, T, T), 4,
                                  in_channels=80, text_dim=TOY_TEXT_DIM),
-    "vocoder": UNetConfig(24, 5, (2, 4, 4, 5), (1, 1, 2, 4), (1, 1, 1, 2), (F,) * 4, (F,) * 4, 4,
+    "vocoder": UNetConfig(16, 5, (2, 4, 4, 5), (1, 1, 2, 4), (1, 1, 1, 1), (F,) * 4, (F,) * 4, 4,
                           in_channels=1, aligned_channels=80, aligned_rate=160),
-    "super-res": UNetConfig(16, 7, (4, 4), (1, 2), (1, 1), (F, F), (F, F), 4,
+    "super-res": UNetConfig(12, 5, (4, 4), (1, 2), (1, 1), (F, F), (F, F), 4,
                             in_channels=1, cond_channels=1),
 }
 
@@ -130,7 +130,7 @@ _FULL_SPECS = {
 }
 
 TOY_CLIP_SECONDS = 4.0
-_TOY_STEPS = {"wave-generator": 100, "cascader": 40, "spec-generator": 100, "vocoder": 25, "super-res": 20}
+_TOY_STEPS = {"wave-generator": 100, "cascader": 30, "spec-generator": 100, "vocoder": 25, "super-res": 20}
 
 
 def _toy_spec(full: StageSpec) -> StageSpec:
@@ -338,14 +338,24 @@ def _uncond_where(pair, u):
 
 
 def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, device="cpu",
-                     progress=None, keep=None):
+                     progress=None, keep=None, timings=None):
     """Prompts in, 24 kHz audio out, through the three stages of `pipeline` (Figure 1).
 
     :param stages: {name: StageModel}; text_encoder: (tokenizer, encoder) of load_t5.
     :param knobs: {stage name: Sampling}.
     :param keep: a dict that receives the intermediates (3.2 kHz audio or log-mel, 16 kHz audio).
+    :param timings: a dict that receives each stage's wall-clock seconds.
     :return: a (B, T) float tensor at 24 kHz.
     """
+    import time
+    clock = [time.perf_counter()]
+
+    def lap(name):
+        now = time.perf_counter()
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + now - clock[0]
+        clock[0] = now
+
     from data import fft_resample
     gen = torch.Generator().manual_seed(seed)
     B = len(prompts)
@@ -365,6 +375,7 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
     n1 = round(seconds * first.spec.frame_rate)
     C1 = 80 if first.spec.output == "spec" else 1
     x1 = run_stage(first, knobs[names[0]], (B, C1, n1), gen, text, mask, unconditional, progress and progress(names[0]))
+    lap(names[0])
     # stage 2: cascader (FFT-up-sampled 3.2 kHz audio stacked with x_t) or vocoder (aligned log-mel)
     n2 = round(seconds * 16000)
     if second.spec.aligned:
@@ -375,10 +386,12 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
         text2, mask2 = encode(second.spec)
         x2 = run_stage(second, knobs[names[1]], (B, 1, n2), gen, text2, mask2, unconditional,
                        progress and progress(names[1]), cond=cond)
+    lap(names[1])
     # stage 3: super-resolution (FFT-up-sampled 16 kHz audio stacked with x_t, no text)
     n3 = round(seconds * 24000)
     cond = fft_resample(x2, 16000, 24000)[..., :n3]
     x3 = run_stage(third, knobs[names[2]], (B, 1, n3), gen, progress=progress and progress(names[2]), cond=cond)
+    lap(names[2])
     if keep is not None:
         keep.update({names[0]: x1.cpu(), names[1]: x2.cpu(), names[2]: x3.cpu()})
     return x3[:, 0].cpu()

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+import cascade
 import train
 from tests.helpers import write_tiny_t5, write_tone_manifest
 
@@ -53,7 +54,7 @@ def test_resume_is_bitwise_exact(corpus, tmp_path, stage):
 def test_resume_takes_architecture_from_checkpoint(corpus, tmp_path):
     train.train_stage(_cfg(corpus, tmp_path, stop_at=1), "super-res")
     ckpt = torch.load(tmp_path / "super-res.pt", weights_only=True)
-    assert ckpt["config"]["base_dim"] == 16
+    assert ckpt["config"]["base_dim"] == cascade.unet_config("super-res", "toy").base_dim
     # A different stage table now would not change the resumed model: the config comes from the file.
     result = train.train_stage(_cfg(corpus, tmp_path, resume=True, steps=2), "super-res")
     assert result["steps"] == 2

@@ -1,0 +1,150 @@
+"""Prompt adherence, output sanity and speed of the shipped toy cascade (issue [sample]).
+
+    python bench/adherence.py [--ckpt-dir checkpoints/toy] [--pairs 20] [--pipelines wave,spec]
+                              [--corpus toy_data/corpus] [--out bench/results_adherence.md]
+
+1. The analyzer (evaluate.py: onset rate, median pitch, percussive ratio) is first checked on the
+   toy corpus's real clips: random pairs of fast/slow, bass/flute and drums/solo clips.
+2. For each pipeline, prompt pairs that differ in one vocabulary word (INTERFACES.md) are
+   generated (each clip with its own noise), and a pair counts as ordered correctly when the measurement
+   puts them the right way round: onset rate fast > slow, pitch bass < flute, percussive ratio
+   drums > solo. Target: at least 90% of pairs per kind.
+3. Every output is checked: finite, not silent, < 0.1% of samples clipped, of the requested length.
+4. Speed: seconds of computing per second of audio, per stage and in total.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cascade  # noqa: E402
+import data  # noqa: E402
+import evaluate  # noqa: E402
+import sample  # noqa: E402
+
+INSTRUMENTS = ("piano", "guitar", "organ")
+KINDS = {  # kind: (measurement, word that should measure higher, word that should measure lower)
+    "tempo": ("onset_rate", "fast", "slow"),
+    "register": ("median_pitch", "flute", "bass"),
+    "drums": ("percussive_ratio", "drums", "solo"),
+}
+
+
+def measure(kind, wave, rate):
+    fn = getattr(evaluate, KINDS[kind][0])
+    return float(fn(np.asarray(wave, dtype=np.float64), rate))
+
+
+def prompt_pairs(n):
+    """n pairs per kind, differing in one vocabulary word; the rest cycles through the others."""
+    pairs = {k: [] for k in KINDS}
+    for i in range(n):
+        inst, mode = INSTRUMENTS[i % 3], ("major", "minor")[i // 3 % 2]
+        tempo = ("slow", "fast")[i % 2]
+        drums = ("with drums", "solo")[i // 2 % 2]
+        pairs["tempo"].append((f"a fast {inst} tune in a {mode} key, {drums}",
+                               f"a slow {inst} tune in a {mode} key, {drums}"))
+        pairs["register"].append((f"a {tempo} flute melody in a {mode} key, {drums}",
+                                  f"a {tempo} bass line in a {mode} key, {drums}"))
+        pairs["drums"].append((f"a {tempo} {inst} tune in a {mode} key with drums",
+                               f"a {tempo} {inst} tune in a {mode} key, solo"))
+    return pairs
+
+
+def check_analyzer(corpus, n, rng):
+    """Share of random real-clip pairs the analyzer orders correctly, per kind."""
+    entries = data.read_manifest(os.path.join(corpus, "manifest.jsonl"))
+    attr = lambda e, k: e["attributes"].get(k)
+    groups = {"tempo": ([e for e in entries if attr(e, "tempo") == "fast"], [e for e in entries if attr(e, "tempo") == "slow"]),
+              "register": ([e for e in entries if attr(e, "instrument") == "flute"], [e for e in entries if attr(e, "instrument") == "bass"]),
+              "drums": ([e for e in entries if attr(e, "drums")], [e for e in entries if not attr(e, "drums")])}
+    result = {}
+    for kind, (hi, lo) in groups.items():
+        ok = 0
+        for _ in range(n):
+            a, b = hi[rng.integers(len(hi))], lo[rng.integers(len(lo))]
+            wa, ra = data.decode_audio(a["audio"])
+            wb, rb = data.decode_audio(b["audio"])
+            ok += measure(kind, wa, ra) > measure(kind, wb, rb)
+        result[kind] = ok / n
+    return result
+
+
+def sanity(wave, seconds):
+    wave = np.asarray(wave)
+    return {"finite": bool(np.isfinite(wave).all()), "not_silent": float(np.abs(wave).max()) > 1e-3,
+            "clipped": float((np.abs(wave) >= 0.999).mean()), "length_ok": len(wave) == round(seconds * 24000)}
+
+
+def run_pipeline(args, pipeline, pairs):
+    sys_args = argparse.Namespace(pipeline=pipeline, ckpt_dir=args.ckpt_dir)
+    stages, text_encoder = sample.load_models(sys_args, argparse.ArgumentParser(), torch.device("cpu"))
+    knobs = {s: cascade.Sampling() for s in cascade.STAGES}
+    prompts = [p for kind in KINDS for pair in pairs[kind] for p in pair]
+    seconds = stages[cascade.PIPELINES[pipeline][0]].spec.clip_seconds
+    waves, timings = [], {}
+    t0 = time.perf_counter()
+    for start in range(0, len(prompts), args.batch):
+        batch = prompts[start:start + args.batch]
+        audio = cascade.cascade_generate(stages, text_encoder, batch, pipeline, seconds, args.seed + start, knobs,
+                                         timings=timings)
+        waves += [w.numpy() for w in audio]
+        print(f"  {pipeline}: {len(waves)}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
+    results, i = {}, 0
+    for kind in KINDS:
+        ok = []
+        for _ in pairs[kind]:
+            ok.append(measure(kind, waves[i], 24000) > measure(kind, waves[i + 1], 24000))
+            i += 2
+        results[kind] = float(np.mean(ok))
+    checks = [sanity(w, seconds) for w in waves]
+    audio_seconds = seconds * len(prompts)
+    speed = {k: v / audio_seconds for k, v in timings.items()}
+    return results, checks, speed
+
+
+def main():
+    p = argparse.ArgumentParser(description="Prompt adherence, sanity and speed of the toy cascade.")
+    p.add_argument("--ckpt-dir", default="checkpoints/toy")
+    p.add_argument("--corpus", default="toy_data/corpus")
+    p.add_argument("--pairs", type=int, default=20)
+    p.add_argument("--pipelines", default="wave,spec")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench/results_adherence.md")
+    args = p.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    lines = [f"# Prompt adherence of {args.ckpt_dir} ({args.pairs} pairs per kind)", ""]
+    if os.path.isdir(args.corpus):
+        real = check_analyzer(args.corpus, args.pairs, np.random.default_rng(args.seed))
+        lines += ["Analyzer on real toy-corpus clips (random pairs):", "",
+                  "| kind | ordered correctly |", "|---|---|"]
+        lines += [f"| {k} ({KINDS[k][1]} vs {KINDS[k][2]}) | {v:.0%} |" for k, v in real.items()] + [""]
+    pairs = prompt_pairs(args.pairs)
+    lines += ["Generated pairs (one word changed; each clip its own noise):", "", "| pipeline | " + " | ".join(
+        f"{k} ({KINDS[k][1]} vs {KINDS[k][2]})" for k in KINDS) + " | finite | not silent | max clipped | length ok |",
+        "|---" * (len(KINDS) + 5) + "|"]
+    speeds = []
+    for pipeline in args.pipelines.split(","):
+        results, checks, speed = run_pipeline(args, pipeline, pairs)
+        lines.append(f"| {pipeline} | " + " | ".join(f"{results[k]:.0%}" for k in KINDS)
+                     + f" | {all(c['finite'] for c in checks)} | {all(c['not_silent'] for c in checks)}"
+                     + f" | {max(c['clipped'] for c in checks):.4%} | {all(c['length_ok'] for c in checks)} |")
+        speeds.append((pipeline, speed))
+    lines += ["", "Seconds of computing per second of audio (this CPU, default steps, batch "
+              f"{args.batch}, {torch.get_num_threads()} threads):", "", "| pipeline | per stage | total |", "|---|---|---|"]
+    for pipeline, speed in speeds:
+        lines.append(f"| {pipeline} | " + ", ".join(f"{k} {v:.2f}" for k, v in speed.items())
+                     + f" | {sum(speed.values()):.2f} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    with open(args.out, "w") as f:
+        f.write(report)
+
+
+if __name__ == "__main__":
+    main()
