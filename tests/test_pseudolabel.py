@@ -211,6 +211,15 @@ def test_train_exports_a_t5_that_load_t5_reproduces_exactly(tones, tmp_path):
     assert model.checkpoint["metrics"]["heldout"]["clips"] > 0
 
 
+def test_sentencepiece_model_is_deterministic_with_t5_special_ids():
+    sentences = pl.tokenizer_sentences([{"captions": ["A slow air."], "tags": ["flute"]}], helpers.CAPTIONS)
+    first, second = pl.train_sentencepiece(sentences, 150), pl.train_sentencepiece(sentences, 150)
+    assert first == second
+    sp = text.Tokenizer(first).sp
+    assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
+    assert sp.encode_as_pieces("LO-FI Guitar") == sp.encode_as_pieces("lo-fi guitar")   # lower-cased
+
+
 def test_embed_audio_averages_non_overlapping_windows(tiny_model):
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal(16000).astype(np.float32) * 0.1 for _ in range(2))
