@@ -1,0 +1,305 @@
+"""evaluate.py: FAD against a direct scipy computation, the embedders, the Table 6 layout, the 16 kHz
+generation path against cascade_generate, the results/ablations commands end to end on tiny
+random models, and the command line's errors."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import scipy.linalg
+import soundfile as sf
+import torch
+
+import cascade
+import data
+import evaluate as ev
+import pseudolabel as pl
+import text
+import unet1d
+from tests import helpers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SR = 16000
+
+
+# ----------------------------------------------------------------------------------------------
+# FAD
+
+def _direct_fad(a, b):
+    """The reference FAD computation (Kilgour et al.'s code): scipy.linalg.sqrtm of the product."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fad_equals_the_direct_sqrtm_computation_on_fixed_data():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 8)) @ rng.normal(size=(8, 8))
+    b = 0.7 * rng.normal(size=(200, 8)) @ rng.normal(size=(8, 8)) + rng.normal(size=8)
+    assert ev.fad(a, b) == pytest.approx(_direct_fad(a, b), rel=1e-9)
+    assert ev.fad(a, b) == pytest.approx(ev.fad(b, a), rel=1e-9)          # symmetric
+    assert ev.fad(a, a) < 1e-9 and ev.fad(a, b) > 1.0
+    # [N x K x E] frame embeddings are pooled into one set
+    assert ev.fad(a.reshape(100, 3, 8), b) == pytest.approx(ev.fad(a, b), rel=1e-12)
+
+
+def test_frechet_distance_closed_form_for_diagonal_gaussians_and_singular_sets():
+    mu1, mu2 = np.array([1.0, 2.0, 0.0]), np.array([0.0, 0.0, 3.0])
+    v1, v2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    expected = 1 + 4 + 9 + ((np.sqrt(v1) - np.sqrt(v2)) ** 2).sum()
+    assert ev.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(expected, rel=1e-12)
+    rng = np.random.default_rng(1)                                       # N < E: singular covariances
+    a, b = rng.normal(size=(10, 32)), rng.normal(size=(12, 32)) + 0.5
+    assert np.isfinite(ev.fad(a, b)) and ev.fad(a, b) > 0 and ev.fad(a, a) < 1e-9
+    with pytest.raises(ValueError):
+        ev.fad(a[:1], b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedders
+
+def _tones(n, seed, seconds=2.0):
+    """Harmonic tones at random pitches (200-400 Hz) with a slow swell."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    out = []
+    for _ in range(n):
+        f0 = rng.uniform(200, 400)
+        out.append(sum(0.3 / k * np.sin(2 * np.pi * k * f0 * t) for k in (1, 2, 3)) * (0.6 + 0.4 * np.sin(np.pi * t / seconds)))
+    return np.array(out, dtype=np.float32)
+
+
+def _clicks(n, seed, seconds=2.0):
+    """Decaying noise bursts at a random rate (4-8 per second): drum-like."""
+    rng = np.random.default_rng(seed)
+    T = int(seconds * SR)
+    out = np.zeros((n, T), dtype=np.float32)
+    for i in range(n):
+        for start in np.arange(0, T - 2000, int(SR / rng.uniform(4, 8))):
+            out[i, start:start + 2000] += 0.5 * rng.normal(size=2000) * np.exp(-np.arange(2000) / 300)
+    return out
+
+
+def test_mfcc_embedder_is_deterministic_and_separates_tones_from_clicks():
+    embed = ev.MfccEmbedder()
+    tones_a, tones_b, clicks = (ev.log_mels(x, SR) for x in (_tones(12, 0), _tones(12, 1), _clicks(12, 2)))
+    e = embed(tones_a)
+    assert e.shape == (12, 2, 60) and np.array_equal(e, embed(tones_a))    # two 1 s windows of 60
+    assert np.array_equal(ev.log_mels(_tones(3, 0), SR), ev.log_mels(_tones(3, 0), SR))
+    same, different = ev.fad(e, embed(tones_b)), ev.fad(e, embed(clicks))
+    assert different > 10 * same, (same, different)
+
+
+TINY_MULAN = pl.MulanConfig(embed_dim=16, window_seconds=0.5, audio_channels=(8, 16), token_len=16,
+                            t5=dataclasses.asdict(text.T5Config(vocab_size=512, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                                                num_heads=2, feed_forward_proj="gated-gelu")))
+
+
+@pytest.fixture(scope="module")
+def tiny_mulan():
+    spm_bytes = pl.train_sentencepiece(pl.tokenizer_sentences([], helpers.CAPTIONS), 200)
+    config = dataclasses.replace(TINY_MULAN, t5=dict(TINY_MULAN.t5, vocab_size=text.Tokenizer(spm_bytes).vocab_size))
+    torch.manual_seed(0)
+    return pl.Mulan(config, spm_bytes).eval().requires_grad_(False)
+
+
+def test_mulan_embedder_equals_pseudolabel_embed_audio_and_embed_text(tiny_mulan):
+    waves = _tones(3, 4, seconds=0.5)                                    # one window each
+    ours = ev.MulanEmbedder(tiny_mulan)(ev.log_mels(waves, SR))
+    assert ours.shape == (3, 1, 16)
+    np.testing.assert_allclose(ours[:, 0], pl.embed_audio(tiny_mulan, waves, SR).numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(ev.MulanEmbedder(tiny_mulan)(ev.log_mels(_tones(2, 5, 1.7), SR)), axis=-1), 1.0,
+                               rtol=1e-5)                                # three windows averaged: a unit vector
+    prompts = ["a slow piano tune in a major key", "fast drums and bass"]
+    np.testing.assert_allclose(ev.MulanEmbedder(tiny_mulan).text(prompts), pl.embed_text(tiny_mulan, prompts).numpy())
+
+
+# ----------------------------------------------------------------------------------------------
+# Table 6's layout, the middle crop
+
+def test_similarity_rows_layout_with_tiny_inputs():
+    gt = np.eye(4)                                                       # four orthogonal unit clips
+    rows = ev.similarity_rows(gt, gt, gt[:, None], {"copy": gt, "opposite": -gt, "blend": np.full((4, 4), 0.5)},
+                              np.random.default_rng(0))
+    assert [r[0] for r in rows] == ["Ground truth audio", "Randomly shuffled audio", "copy", "opposite", "blend"]
+    assert rows[0][1:] == (1.0, 1.0) and rows[1][1:] == (0.0, 0.0)      # shuffled: always another clip
+    assert rows[2][1:] == (1.0, 1.0) and rows[3][1:] == (-1.0, -1.0) and rows[4][1:] == (0.5, 0.5)
+    table = ev.markdown_table(["Model", "audio <-> gt-text", "audio <-> gt-audio"], [r for r in rows])
+    lines = table.splitlines()
+    assert lines[0] == "| Model | audio <-> gt-text | audio <-> gt-audio |" and lines[1] == "|---|---|---|"
+    assert lines[2] == "| Ground truth audio | 1.000 | 1.000 |" and len(lines) == 7
+    p = ev.derangement(5, np.random.default_rng(3))
+    assert sorted(p) == list(range(5)) and all(p != np.arange(5))
+
+
+def test_middle_takes_the_centre_and_keeps_short_clips_whole():
+    x = np.arange(30 * 10)                                               # 30 s at 10 per second
+    assert np.array_equal(ev.middle(x, 10, 10.0), np.arange(100, 200))
+    assert np.array_equal(ev.middle(x[:40], 10, 10.0), x[:40])
+
+
+# ----------------------------------------------------------------------------------------------
+# A tiny corpus, tiny random checkpoints and a tiny MuLan: the commands end to end
+
+COMBOS = [{"tempo": "slow", "instrument": "piano", "mode": "major", "drums": False},
+          {"tempo": "fast", "instrument": "organ", "mode": "minor", "drums": True}]
+
+
+def write_corpus(folder):
+    """Two attribute combinations, four 1 s clips each, two held-out phrasings each."""
+    os.makedirs(os.path.join(folder, "audio"))
+    with open(os.path.join(folder, "manifest.jsonl"), "w") as f:
+        for c, attributes in enumerate(COMBOS):
+            waves = _tones(4, c, 1.0) if c == 0 else _clicks(4, c, 1.0)
+            for i, wave in enumerate(waves):
+                path = f"audio/{c}_{i}.wav"
+                sf.write(os.path.join(folder, path), wave, SR)
+                f.write(json.dumps({"audio": path, "captions": [f"clip {c} {i}"], "attributes": attributes}) + "\n")
+    with open(os.path.join(folder, ev.HELDOUT_CAPTIONS), "w") as f:
+        for c, attributes in enumerate(COMBOS):
+            for phrasing in ("a slow piano tune", "fast drums and bass") if c == 0 else ("an organ chorale, solo", "lo-fi guitar ballad"):
+                f.write(json.dumps({"caption": phrasing, "attributes": attributes}) + "\n")
+    return folder
+
+
+def write_checkpoints(folder, mulan):
+    """Every stage's toy U-Net, narrowed to width 8 with one block per depth, with random weights
+    (text width 32); the tiny T5; and mulan.pt."""
+    t5 = helpers.write_tiny_t5(os.path.join(folder, "t5"))
+    for stage in cascade.STAGES:
+        config = cascade.unet_config(stage, "toy", text_dim=32)
+        config = dataclasses.replace(config, base_dim=8, blocks=(1,) * len(config.strides))
+        torch.manual_seed(len(stage))
+        model = unet1d.UNet1D(config)
+        torch.save({"format_version": 1, "stage": stage, "scale": "toy", "step": 1, "config": config.to_dict(),
+                    "model": None, "optimizer": None, "t5": os.path.relpath(t5, folder), "ema": model.state_dict()},
+                   os.path.join(folder, f"{stage}.pt"))
+    pl.save_mulan(os.path.join(folder, "mulan.pt"), mulan)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_mulan):
+    root = tmp_path_factory.mktemp("eval")
+    return write_corpus(str(root / "corpus")), write_checkpoints(str(root / "ckpt"), tiny_mulan)
+
+
+def test_eval_set_pairs_each_prompt_with_distinct_fitting_clips(setup):
+    corpus, _ = setup
+    es = ev.eval_set(corpus, 4, refs=1, seed=0)
+    key = lambda a: json.dumps(a, sort_keys=True)
+    assert sorted(map(key, es.attributes)) == sorted(map(key, COMBOS * 2))
+    assert set(map(key, es.attributes[:2])) == set(map(key, COMBOS))    # every combination first
+    entries = {e["audio"]: e["attributes"] for e in data.read_manifest(os.path.join(corpus, "manifest.jsonl"))}
+    clips = [c for cs in es.clips for c in cs]
+    assert len(set(clips)) == len(clips) == 8
+    assert all(entries[c] == a for cs, a in zip(es.clips, es.attributes) for c in cs)
+    with pytest.raises(ev.UsageError):
+        ev.eval_set(corpus, 4, refs=2, seed=0)                           # 4 clips per combination: 2 x 3 > 4
+    with pytest.raises(ev.UsageError):
+        ev.eval_set(corpus, 5, refs=1, seed=0)                           # only 4 held-out phrasings
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread (as the commands use): tiny convolutions on two busy cores are far slower with two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("pipeline", ["wave", "spec"])
+def test_16khz_path_equals_cascade_generate_intermediate(setup, pipeline, one_thread):
+    _, ckpt = setup
+    models, text_encoder = ev.load_pipeline(ckpt, pipeline)
+    stages = dict(models, **{"super-res": cascade.StageModel(os.path.join(ckpt, "super-res.pt"))})
+    knobs = ev.default_knobs(steps=2)
+    prompts = ["a slow piano tune", "fast drums and bass", "lo-fi guitar ballad"]
+    keep = {}
+    cascade.cascade_generate(stages, text_encoder, prompts[:2], pipeline, 0.25, 5, knobs, keep=keep)
+    first = ev.generate_first(models, text_encoder, prompts, pipeline, 0.25, knobs, seed=5, batch=2)
+    second = ev.generate_second(models, text_encoder, prompts, pipeline, 0.25, knobs, first, batch=2)
+    name1, name2 = cascade.PIPELINES[pipeline][:2]
+    assert torch.equal(first.x[:2], keep[name1]) and torch.equal(second.x[:2], keep[name2])
+    assert second.x.shape == (3, 1, 4000)
+    # the untrained baseline: same configs, other weights
+    untrained, _ = ev.load_pipeline(ckpt, pipeline, untrained_seed=0)
+    a, b = (dict(m[name2].model.named_parameters()) for m in (models, untrained))
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(33)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_results_and_ablations_commands_end_to_end(setup, tmp_path, one_thread):
+    corpus, ckpt = setup
+    common = ["--ckpt-dir", ckpt, "--corpus", corpus, "--n", "2", "--refs", "2", "--steps", "2", "--seconds", "0.5"]
+    rows = ev.main(["results", *common, "--out", str(tmp_path / "r")])
+    assert list(rows) == ["Ground truth audio"] + [s[0] for s in ev.SYSTEMS]
+    assert all(np.isfinite(v) for r in rows.values() for v in r.values())
+    report = (tmp_path / "r" / "results.md").read_text()
+    assert "## Table 5" in report and "## Table 6" in report and "| Untrained Spectrogram |" in report
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["meta"]["n"] == 2
+    records = ev.main(["ablations", *common, "--stages", "cascader,vocoder", "--out", str(tmp_path / "a")])
+    assert [(r["knob"], r["value"]) for r in records if r["stage"] == "cascader"] == \
+        [("w", w) for w in ev.CFG_SCALES] + [("schedule", s) for s in ev.SCHEDULES] + [("steps", s) for s in (1, 1, 2, 4)]
+    assert {r["knob"] for r in records if r["stage"] == "vocoder"} == {"schedule", "steps"}   # no text, no CFG
+    assert "![" in (tmp_path / "a" / "ablations.md").read_text()
+    for name in ("cfg.png", "schedule.png", "steps.png"):
+        w, h = _png_size(tmp_path / "a" / name)
+        assert w >= 330 and h >= 230
+
+
+def test_canvas_writes_a_decodable_rgb_png(tmp_path):
+    canvas = ev.Canvas(40, 20)
+    canvas.line(0, 0, 39, 19, ev.BLUE, width=2)
+    canvas.text(2, 2, "FAD 1.5", ev.BLACK)
+    canvas.save(tmp_path / "x.png")
+    raw = (tmp_path / "x.png").read_bytes()
+    assert _png_size(tmp_path / "x.png") == (40, 20)
+    start = raw.index(b"IDAT") + 4
+    rows = zlib.decompress(raw[start:start + int.from_bytes(raw[start - 8:start - 4], "big")])
+    pixels = np.frombuffer(rows, np.uint8).reshape(20, 1 + 40 * 3)[:, 1:].reshape(20, 40, 3)
+    assert np.array_equal(pixels, canvas.pixels)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+
+def _run(*args):
+    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_fad_command_between_two_folders(tmp_path):
+    for name, waves in (("a", _tones(3, 0, 1.0)), ("b", _clicks(3, 1, 1.0))):
+        os.makedirs(tmp_path / name)
+        for i, w in enumerate(waves):
+            sf.write(tmp_path / name / f"{i}.wav", w, SR)
+    r = _run("fad", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert r.returncode == 0 and r.stdout.startswith("FAD_MFCC = "), r.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["results", "--n", "1"], ["results", "--ckpt-dir", "/nonexistent"],
+                                  ["results", "--corpus", "/nonexistent"], ["ablations", "--stages", "super-res"],
+                                  ["fad", "/nonexistent", "."], ["analyze", "/nonexistent.wav"],
+                                  ["results", "--n", "many"]])
+def test_bad_usage_exits_2_with_one_line(args, tmp_path):
+    r = _run(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()[-1]) < 300
+
+
+def test_help_of_each_command():
+    for command in ("analyze", "fad", "results", "ablations"):
+        r = _run(command, "--help")
+        assert r.returncode == 0 and "usage: evaluate.py " + command in r.stdout
