@@ -153,7 +153,7 @@ def tokenizer_sentences(entries, extra_texts=()):
         sentences += list(e.get("captions", [])) + list(e.get("pseudo_captions", []))
         sentences += data.short_texts(e)
     sentences += list(extra_texts)
-    sentences += MUSIC_WORDS.split()
+    sentences += MUSIC_WORDS.split() * 10       # weighted, so that they become whole pieces
     return [s for s in (str(x).strip() for x in sentences) if s]
 
 
@@ -404,24 +404,33 @@ class ClipSet:
     texts_of[i] = indices of clip i's texts; captions_of[i] = indices of its long captions.
     """
 
-    def __init__(self, entries, config, tokenizer, cache_dir=None, progress=True):
-        window = int(round(config.window_seconds * data.MEL_SAMPLE_RATE))
-        clips, _ = data.load_clips(entries, data.MEL_SAMPLE_RATE, config.window_seconds, cache_dir, progress)
-        count = lambda s: len(tokenizer.sp.encode(s)) + 1                # pieces + EOS, as train.py
-        mels, texts, self.owner, self.texts_of, self.captions_of = [], [], [], [], []
-        for i, (entry, wave) in enumerate(clips):
-            wave = torch.from_numpy(np.pad(wave[:window], (0, max(0, window - len(wave)))))
-            mels.append(data.log_mel(wave).half())                        # (80, F)
-            batch = data.text_entries(entry, config.token_len, count)
-            n_long = len([c for c in entry.get("captions", []) + entry.get("pseudo_captions", []) if c.strip()])
-            self.texts_of.append(list(range(len(texts), len(texts) + len(batch))))
-            self.captions_of.append(self.texts_of[-1][:n_long])
-            self.owner += [i] * len(batch)
-            texts += batch
-        self.entries = [e for e, _ in clips]
-        self.mels = torch.stack(mels) if mels else torch.zeros(0, data.MEL_BINS, window // data.MEL_HOP)
-        self.texts = texts
-        self.ids, self.mask = tokenizer(texts, config.token_len)
+    def __init__(self, entries, config, tokenizer, cache_dir=None, progress=True, group=64):
+        from tqdm import tqdm
+
+        self.window = int(round(config.window_seconds * data.MEL_SAMPLE_RATE))
+        self.token_len, self.count = config.token_len, lambda s: len(tokenizer.sp.encode(s)) + 1  # + EOS
+        self.entries, self.texts, self.owner, self.texts_of, self.captions_of, mels = [], [], [], [], [], []
+        for g in tqdm(range(0, len(entries), group), desc="clips", disable=not progress, leave=False):
+            # a group at a time, so that only the log-mels of the whole set stay in memory
+            clips, _ = data.load_clips(entries[g:g + group], data.MEL_SAMPLE_RATE, config.window_seconds,
+                                       cache_dir, progress=False)
+            mels += [self._add(entry, wave) for entry, wave in clips]
+        self.mels = torch.stack(mels) if mels else torch.zeros(0, data.MEL_BINS, self.window // data.MEL_HOP)
+        self.ids, self.mask = tokenizer(self.texts, config.token_len)
+
+    def _add(self, entry, wave):
+        """Record one clip's texts; return its (80, F) float16 log-mel (window cut or zero-padded)."""
+        i = len(self.entries)
+        batch = data.text_entries(entry, self.token_len, self.count)
+        long = list(entry.get("captions", [])) + list(entry.get("pseudo_captions", []))
+        n_long = sum(1 for c in long if c and c.strip())                 # text_entries puts them first
+        self.texts_of.append(list(range(len(self.texts), len(self.texts) + len(batch))))
+        self.captions_of.append(self.texts_of[-1][:n_long])
+        self.owner += [i] * len(batch)
+        self.texts += batch
+        self.entries.append(entry)
+        wave = torch.from_numpy(np.pad(wave[:self.window], (0, max(0, self.window - len(wave)))))
+        return data.log_mel(wave).half()
 
     def __len__(self):
         return len(self.mels)

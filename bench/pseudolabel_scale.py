@@ -35,11 +35,24 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+GEN_BLOCK = 1024     # synthetic rows are drawn in blocks of this many, block b from seed (seed, b)
+
+
+def synthetic_rows(start, stop, dim, seed):
+    """Rows [start, stop) of the synthetic vocabulary, the same whatever the chunking."""
+    blocks = []
+    for b in range(start // GEN_BLOCK, (stop - 1) // GEN_BLOCK + 1):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + b)
+        block = torch.randn(GEN_BLOCK, dim, generator=g)
+        lo, hi = max(start, b * GEN_BLOCK) - b * GEN_BLOCK, min(stop, (b + 1) * GEN_BLOCK) - b * GEN_BLOCK
+        blocks.append(block[lo:hi])
+    return F.normalize(torch.cat(blocks), dim=-1)
+
+
 def synthetic_chunks(rows, dim, chunk, seed=1):
-    """The vocabulary as (start, (c, dim) unit vectors), chunk i drawn from seed (seed, i)."""
-    for i, start in enumerate(range(0, rows, chunk)):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        yield start, F.normalize(torch.randn(min(chunk, rows - start), dim, generator=g), dim=-1)
+    """The vocabulary as (start, (c, dim) unit vectors), generated one chunk at a time."""
+    for start in range(0, rows, chunk):
+        yield start, synthetic_rows(start, min(rows, start + chunk), dim, seed)
 
 
 def write_npy(path, chunks, rows, dim):
