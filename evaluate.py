@@ -1240,6 +1240,7 @@ def run_analyze(args):
 
 def main(argv=None):
     """Entry point; a user's mistake exits 2 with one line."""
+    import data
     parser = build_parser()
     args = parser.parse_args(argv)
     fields = {k: v for k, v in vars(args).items() if k != "command"}
@@ -1251,8 +1252,8 @@ def main(argv=None):
         if args.command == "results":
             return run_results(ResultsConfig(**fields))
         return run_ablations(AblationConfig(**fields))
-    except UsageError as e:
-        parser.exit(2, f"evaluate.py {args.command}: error: {e}\n")
+    except (UsageError, data.ManifestError, OSError) as e:
+        parser.exit(2, f"evaluate.py {args.command}: error: {(str(e).splitlines() or [''])[0]}\n")
 
 
 if __name__ == "__main__":

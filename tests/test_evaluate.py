@@ -303,3 +303,11 @@ def test_help_of_each_command():
     for command in ("analyze", "fad", "results", "ablations"):
         r = _run(command, "--help")
         assert r.returncode == 0 and "usage: evaluate.py " + command in r.stdout
+
+
+def test_a_broken_corpus_exits_2_with_one_line(tmp_path):
+    (tmp_path / "manifest.jsonl").write_text("not json\n")
+    (tmp_path / ev.HELDOUT_CAPTIONS).write_text(json.dumps({"caption": "x", "attributes": {}}) + "\n")
+    (tmp_path / "mulan.pt").write_bytes(b"")
+    r = _run("results", "--corpus", str(tmp_path), "--mulan", str(tmp_path / "mulan.pt"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "manifest.jsonl:1" in r.stderr, r.stderr
