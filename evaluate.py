@@ -418,6 +418,15 @@ class EvalSet:
     clips: list         # N lists of refs + 1 corpus audio paths whose true attributes match
 
 
+def read_manifest(path):
+    """data.read_manifest, with its errors as UsageError."""
+    import data
+    try:
+        return data.read_manifest(path)
+    except data.ManifestError as e:
+        raise UsageError(str(e)) from None
+
+
 def read_heldout(path):
     """[(caption, attributes)] of a heldout_captions.jsonl."""
     out = []
@@ -441,10 +450,8 @@ def eval_set(corpus, n, refs, seed=0):
     min(n, combinations) of them. A clip fits a prompt when its true attributes equal every
     attribute the prompt names; no clip serves two prompts.
     """
-    import data
     heldout = read_heldout(os.path.join(corpus, HELDOUT_CAPTIONS))
-    entries = [e for e in data.read_manifest(os.path.join(corpus, "manifest.jsonl"))
-               if isinstance(e.get("attributes"), dict)]
+    entries = [e for e in read_manifest(os.path.join(corpus, "manifest.jsonl")) if isinstance(e.get("attributes"), dict)]
     groups = {}
     for caption, attributes in heldout:
         groups.setdefault(json.dumps(attributes, sort_keys=True), []).append(caption)
@@ -651,8 +658,7 @@ def embedder_check(corpus, embedders, n=48, seconds=4.0, seed=0):
     """What each embedder hears, on real clips: for each contrast (bass/flute, slow/fast,
     drums/solo) and for music against white noise, FAD between two sets of n clips that differ
     in it, beside FAD between two disjoint sets that do not. [(contrast, {FAD_name: (between, within)})]"""
-    import data
-    entries = [e for e in data.read_manifest(os.path.join(corpus, "manifest.jsonl")) if isinstance(e.get("attributes"), dict)]
+    entries = [e for e in read_manifest(os.path.join(corpus, "manifest.jsonl")) if isinstance(e.get("attributes"), dict)]
     rng = np.random.default_rng(seed)
     draw = lambda keep, k: [entries[i]["audio"] for i in rng.permutation(len(entries)) if keep(entries[i]["attributes"])][:k]
     mels = lambda paths: log_mels(load_ground_truth(paths, seconds), 16000)
@@ -1240,7 +1246,6 @@ def run_analyze(args):
 
 def main(argv=None):
     """Entry point; a user's mistake exits 2 with one line."""
-    import data
     parser = build_parser()
     args = parser.parse_args(argv)
     fields = {k: v for k, v in vars(args).items() if k != "command"}
@@ -1252,7 +1257,7 @@ def main(argv=None):
         if args.command == "results":
             return run_results(ResultsConfig(**fields))
         return run_ablations(AblationConfig(**fields))
-    except (UsageError, data.ManifestError, OSError) as e:
+    except (UsageError, OSError) as e:
         parser.exit(2, f"evaluate.py {args.command}: error: {(str(e).splitlines() or [''])[0]}\n")
 
 

@@ -280,34 +280,44 @@ def _run(*args):
     return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def test_fad_command_between_two_folders(tmp_path):
-    for name, waves in (("a", _tones(3, 0, 1.0)), ("b", _clicks(3, 1, 1.0))):
+def test_fad_command_between_two_folders(tmp_path, capsys):
+    for name, waves in (("a", _tones(3, 0, 1.0)), ("b", _clicks(3, 1, 1.0)), ("c", _tones(3, 7, 1.0))):
         os.makedirs(tmp_path / name)
         for i, w in enumerate(waves):
             sf.write(tmp_path / name / f"{i}.wav", w, SR)
-    r = _run("fad", str(tmp_path / "a"), str(tmp_path / "b"))
-    assert r.returncode == 0 and r.stdout.startswith("FAD_MFCC = "), r.stderr
+    different = ev.main(["fad", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert capsys.readouterr().out.startswith("FAD_MFCC = ")
+    assert different > 10 * ev.main(["fad", str(tmp_path / "a"), str(tmp_path / "c")])
 
 
 @pytest.mark.parametrize("args", [[], ["results", "--n", "1"], ["results", "--ckpt-dir", "/nonexistent"],
                                   ["results", "--corpus", "/nonexistent"], ["ablations", "--stages", "super-res"],
                                   ["fad", "/nonexistent", "."], ["analyze", "/nonexistent.wav"],
-                                  ["results", "--n", "many"]])
-def test_bad_usage_exits_2_with_one_line(args, tmp_path):
-    r = _run(*args)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()[-1]) < 300
+                                  ["results", "--n", "many"], ["fad", ".", ".", "--seconds", "0"]])
+def test_bad_usage_exits_2_with_one_line(args, capsys):
+    with pytest.raises(SystemExit) as exit:
+        ev.main(args)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()[-1]) < 300, err
 
 
-def test_help_of_each_command():
+def test_the_command_line_itself_exits_2_without_a_traceback():
+    r = _run("results", "--n", "1")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "evaluate.py results: error: need --n >= 2, --refs >= 2, --batch >= 1, --threads >= 1, --steps >= 0, --seconds >= 0"]
+
+
+def test_help_of_each_command(capsys):
     for command in ("analyze", "fad", "results", "ablations"):
-        r = _run(command, "--help")
-        assert r.returncode == 0 and "usage: evaluate.py " + command in r.stdout
+        with pytest.raises(SystemExit) as exit:
+            ev.main([command, "--help"])
+        assert exit.value.code == 0 and "usage: evaluate.py " + command in capsys.readouterr().out
 
 
-def test_a_broken_corpus_exits_2_with_one_line(tmp_path):
+def test_a_broken_corpus_exits_2_with_one_line(tmp_path, capsys):
     (tmp_path / "manifest.jsonl").write_text("not json\n")
     (tmp_path / ev.HELDOUT_CAPTIONS).write_text(json.dumps({"caption": "x", "attributes": {}}) + "\n")
     (tmp_path / "mulan.pt").write_bytes(b"")
-    r = _run("results", "--corpus", str(tmp_path), "--mulan", str(tmp_path / "mulan.pt"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "manifest.jsonl:1" in r.stderr, r.stderr
+    with pytest.raises(SystemExit) as exit:
+        ev.main(["results", "--corpus", str(tmp_path), "--mulan", str(tmp_path / "mulan.pt")])
+    assert exit.value.code == 2 and "manifest.jsonl:1: not valid JSON" in capsys.readouterr().err
