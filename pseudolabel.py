@@ -38,8 +38,8 @@ Notation:   paper                    code
             LaMDA-LF, Rater-SF       the long-form and short-form vocabularies (`Vocabulary`)
 
 Simplifications, all deliberate:
-- MuLan's towers are a ResNet-50 / AST audio encoder and a BERT text encoder trained on 44M
-  music videos; here both are tiny (`CONFIGS["toy"]`: about 1M parameters) and trained in minutes
+- MuLan's towers are a ResNet-50 / AST audio encoder and a BERT text encoder trained on tens of
+  millions of music recordings; here both are tiny (`CONFIGS["toy"]`: about 1M parameters) and trained in minutes
   on the toy corpus's captioned clips. The toy window is the whole 4 s toy clip, not 10 s.
 - The text tower is T5 (not BERT), because the same weights then serve as the cascade's text
   encoder at toy scale (issue [text]); at full scale the cascade uses a real pre-trained T5 and
@@ -51,6 +51,16 @@ Simplifications, all deliberate:
   evaluated after the rounding, so the numbers reported are those of the shipped weights).
 - One temperature, no queue or memory bank, no hard-negative mining; identical captions of two
   clips in one batch count as negatives of each other (rare with the corpus's varied captions).
+- Augmentation is a random 75-100% crop of the window; a clip's texts are its section 4.1 text
+  batch (data.text_entries, token length 32), metadata chunks included.
+- Rater-LF has no counterpart (section 3.6 leaves it out of training anyway).
+Known limit, measured: the toy model hears tempo, instrument and drums/solo, but not major vs
+minor (chance): a major scale and its relative minor share their pitch classes, so the mode lies
+in which note is the tonic, which a 1 M-parameter CNN on 80 mel bands does not find in minutes.
+The T5's token embeddings still tell "major" from "minor" apart, if less than the words it hears
+(least per-token cosine between two sentences that differ in that word: 0.66 for major/minor,
+-0.27 for slow/fast, 0.03 for piano/flute), so the diffusion stages can learn the mode from
+their own (text, audio) pairs.
 """
 import argparse
 import dataclasses
