@@ -494,8 +494,8 @@ def train_all(cfg):
     if not os.path.isdir(cfg.t5 or TOY_T5):
         import pseudolabel
         t0 = time.time()
-        pseudolabel.main(["train", "--manifest", os.path.join(TOY_DATA, "manifest.jsonl"), "--out", os.path.join(cfg.out, "mulan"),
-                          "--export-t5", TOY_T5])
+        pseudolabel.main(["train", "--manifest", os.path.join(TOY_DATA, "manifest.jsonl"),
+                          "--out", os.path.dirname(TOY_T5), "--export-t5", TOY_T5])
         results.append({"stage": "text encoder (MuLan text tower)", "seconds": time.time() - t0})
     for stage in cascade.STAGES:
         results.append(train_stage(cfg, stage))
