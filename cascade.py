@@ -72,7 +72,9 @@ _TOY_UNETS = {
                                  in_channels=1, text_dim=TOY_TEXT_DIM),
     "cascader": UNetConfig(16, 5, (4, 4, 4), (1, 2, 4), (1, 1, 1), (F, F, F), (F, F, T), 4,
                            in_channels=1, cond_channels=1, text_dim=TOY_TEXT_DIM),
-    "spec-generator": UNetConfig(48, 5, (2, 2, 2), (1, 2, 3), (1, 2, 2), (F, F, T), (F, T, T), 4,
+    # base >= 80: the entry convolution is x_t's only way in, and a base narrower than the 80 mel
+    # channels cannot even pass x_t through (a base of 48 left the loss stuck at ~0.3).
+    "spec-generator": UNetConfig(96, 5, (2, 2, 2), (1, 1, 1), (1, 2, 2), (F, F, T), (F, T, T), 4,
                                  in_channels=80, text_dim=TOY_TEXT_DIM),
     "vocoder": UNetConfig(16, 5, (2, 4, 4, 5), (1, 1, 2, 4), (1, 1, 1, 1), (F,) * 4, (F,) * 4, 4,
                           in_channels=1, aligned_channels=80, aligned_rate=160),
@@ -284,8 +286,9 @@ class StageModel:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         self.spec = stage_spec(ckpt["stage"], ckpt["scale"])
         self.t5 = ckpt.get("t5") or ""
-        if self.t5 and not os.path.isabs(self.t5):
-            self.t5 = os.path.normpath(os.path.join(os.path.dirname(path), self.t5))
+        beside = os.path.normpath(os.path.join(os.path.dirname(path), self.t5))
+        if self.t5 and not os.path.isabs(self.t5) and os.path.isdir(beside):
+            self.t5 = beside          # exported checkpoints name it relative to their folder
         self.model = UNet1D(UNetConfig.from_dict(ckpt["config"]))
         self.model.load_state_dict({k: v.float() for k, v in ckpt["ema"].items()})
         self.model.to(device).eval().requires_grad_(False)

@@ -41,7 +41,7 @@ FORMAT_VERSION = 1
 TOY_DATA = "toy_data/corpus"                 # the toy corpus, built on first use
 TOY_T5 = "checkpoints/toy/t5"                # the toy text encoder (text.py / pseudolabel.py)
 # Toy steps and batch per stage: sized so that `--stage all` fits in an hour on 2 CPU cores.
-TOY_STEPS = {"wave-generator": 3500, "cascader": 1500, "spec-generator": 2500, "vocoder": 1500, "super-res": 800}
+TOY_STEPS = {"wave-generator": 3500, "cascader": 1500, "spec-generator": 2000, "vocoder": 1500, "super-res": 800}
 TOY_BATCH = {"wave-generator": 16, "cascader": 16, "spec-generator": 16, "vocoder": 16, "super-res": 16}
 
 

@@ -110,3 +110,12 @@ def test_config_round_trip():
     cfg = cascade.unet_config("spec-generator", "full")
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.strides == (4, 3, 2, 2, 2) and cfg.channels == [256, 512, 512, 768, 1024]
+
+
+def test_toy_base_is_wide_enough_to_pass_the_input_through():
+    # The entry convolution is x_t's only way into the U-Net: a base narrower than the stacked
+    # input (80 mel channels) caps what the model can reconstruct.
+    for stage in cascade.STAGES:
+        for scale in cascade.SCALES:
+            cfg = cascade.unet_config(stage, scale)
+            assert cfg.base_dim >= cfg.in_channels + cfg.cond_channels, (stage, scale)
