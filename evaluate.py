@@ -898,8 +898,10 @@ def run_results(cfg: ResultsConfig):
         spec = models[cascade.PIPELINES[pipeline][1]].spec
         rows[name] = {**score(embedders, stage_mels(spec, second.x, window), ref),
                       "seconds_per_clip": (first.seconds + second.seconds) / cfg.n}
-        steps.update({s: {"trained_steps": 0 if untrained else m.step,
-                          "sampling_steps": knobs[s].steps or m.spec.steps} for s, m in models.items()})
+        if not untrained:
+            steps.update({s: {"trained_steps": m.step, "sampling_steps": knobs[s].steps or m.spec.steps,
+                              "seconds_per_clip": round(out.seconds / cfg.n, 3)}
+                          for (s, m), out in zip(models.items(), (first, second))})
         _log(f"results: {name}: {json.dumps({k: round(v, 4) for k, v in rows[name].items()})}")
     meta = {"command": "python evaluate.py results " + " ".join(_flags(cfg, ResultsConfig())),
             "wall_seconds": round(time.time() - t0, 1), "threads": cfg.threads, "n": cfg.n, "refs": cfg.refs,
