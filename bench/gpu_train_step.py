@@ -103,8 +103,8 @@ def run_stage(stage, args, device):
     flops = counter.get_total_flops() * B
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_rss_gib()
     print(f"{stage:15s} {count_parameters(model) / 1e6:7.1f}M  len {x0.shape[-1]:6d}  batch {B:3d}  "
-          f"{1 / seconds:6.2f} steps/s  {B / seconds:7.1f} ex/s  peak {mem:6.1f} GiB  "
-          f"{flops / seconds / 1e12:6.1f} TFLOP/s ({flops / seconds / PEAK:.1%} of 989)", flush=True)
+          f"{seconds:7.2f} s/step  {1 / seconds:6.2f} steps/s  {B / seconds:7.1f} ex/s  peak {mem:6.1f} GiB  "
+          f"{flops / seconds / 1e9:8.1f} GFLOP/s ({flops / seconds / PEAK:.1%} of an H100's 989 TFLOP/s)", flush=True)
     del model, ema, opt
 
 
