@@ -132,7 +132,7 @@ _FULL_SPECS = {
 }
 
 TOY_CLIP_SECONDS = 4.0
-_TOY_STEPS = {"wave-generator": 100, "cascader": 30, "spec-generator": 100, "vocoder": 25, "super-res": 20}
+_TOY_STEPS = {"wave-generator": 50, "cascader": 20, "spec-generator": 50, "vocoder": 25, "super-res": 15}
 
 
 def _toy_spec(full: StageSpec) -> StageSpec:
