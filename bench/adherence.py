@@ -116,8 +116,9 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results_adherence.md")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
     args = p.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     lines = [f"# Prompt adherence of {args.ckpt_dir} ({args.pairs} pairs per kind)", ""]
     if os.path.isdir(args.corpus):
         real = check_analyzer(args.corpus, args.pairs, np.random.default_rng(args.seed))
