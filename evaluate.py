@@ -903,7 +903,7 @@ def run_results(cfg: ResultsConfig):
                               "seconds_per_clip": round(out.seconds / cfg.n, 3)}
                           for (s, m), out in zip(models.items(), (first, second))})
         _log(f"results: {name}: {json.dumps({k: round(v, 4) for k, v in rows[name].items()})}")
-    meta = {"command": "python evaluate.py results " + " ".join(_flags(cfg, ResultsConfig())),
+    meta = {"command": " ".join(["python evaluate.py results", *_flags(cfg, ResultsConfig())]),
             "wall_seconds": round(time.time() - t0, 1), "threads": cfg.threads, "n": cfg.n, "refs": cfg.refs,
             "seconds": seconds, "scored_seconds": window, "stages": steps,
             "combinations": len({json.dumps(a, sort_keys=True) for a in es.attributes})}
@@ -995,7 +995,7 @@ STEP_FACTORS = (0.25, 0.5, 1.0, 2.0)                      # Figure 3: steps scal
 @dataclass
 class AblationConfig(ResultsConfig):
     """Flags of `evaluate.py ablations`."""
-    n: int = field(default=12, metadata={"help": "held-out prompts, one clip each per setting"})
+    n: int = field(default=16, metadata={"help": "held-out prompts, one clip each per setting"})
     out: str = field(default="results/ablations", metadata={"help": "output folder (ablations.md, PNGs)"})
     stages: str = field(default=",".join(ABLATION_STAGES), metadata={"help": "comma-separated stages to ablate"})
 
@@ -1043,7 +1043,7 @@ def run_ablations(cfg: AblationConfig):
                 rate = 3200 if spec.sample_rate == 3200 else 16000
                 records += ablate_stage(cfg, spec, k, base_knobs, base if k == 0 else None, run, window,
                                         embedders, refs[rate], t0)
-    meta = {"command": "python evaluate.py ablations " + " ".join(_flags(cfg, AblationConfig())),
+    meta = {"command": " ".join(["python evaluate.py ablations", *_flags(cfg, AblationConfig())]),
             "wall_seconds": round(time.time() - t0, 1), "threads": cfg.threads, "n": cfg.n, "refs": cfg.refs,
             "seconds": seconds, "scored_seconds": window}
     os.makedirs(cfg.out, exist_ok=True)
