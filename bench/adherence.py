@@ -132,6 +132,7 @@ def main():
     speeds = []
     for pipeline in args.pipelines.split(","):
         results, checks, speed = run_pipeline(args, pipeline, pairs)
+        print(f"  {pipeline}: " + ", ".join(f"{k} {v:.0%}" for k, v in results.items()), flush=True)
         lines.append(f"| {pipeline} | " + " | ".join(f"{results[k]:.0%}" for k in KINDS)
                      + f" | {all(c['finite'] for c in checks)} | {all(c['not_silent'] for c in checks)}"
                      + f" | {max(c['clipped'] for c in checks):.4%} | {all(c['length_ok'] for c in checks)} |")

@@ -89,8 +89,10 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--scale", default="toy", choices=cascade.SCALES)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, batch {args.batch}")
     print(f"{'stage':15s} {'length':>7s} {'fwd+bwd s':>9s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'ref GFLOP/s':>11s} {'ratio':>6s}  top layers")
     for stage in cascade.STAGES:
