@@ -4,7 +4,7 @@ the Table 5/6-style results of the toy cascade and the inference ablations of Fi
     python evaluate.py analyze FILE...                 # onset rate, pitch, percussive ratio
     python evaluate.py fad DIR_A DIR_B [--embedder mfcc|mulan]
     python evaluate.py results   [--ckpt-dir checkpoints/toy] [--n 40] [--out results]
-    python evaluate.py ablations [--ckpt-dir checkpoints/toy] [--n 12] [--out results/ablations]
+    python evaluate.py ablations [--ckpt-dir checkpoints/toy] [--n 24] [--out results/ablations]
 
 Where the paper's pieces live:
 - section 4.3.2, FAD (Kilgour et al. 2018): the Frechet distance between Gaussian fits of two
@@ -774,12 +774,13 @@ def _fmt(v):
 def draw_panel(canvas, panel, x0, y0, w, h):
     """Draw `panel` in the box (x0, y0, w, h): title above, y ticks left, x ticks below.
 
-    The y range is the data's; the reference line is drawn when it falls inside, and otherwise
-    written as a note at the edge it lies beyond (so that small differences stay visible).
+    The y range is the data's, so that small differences stay visible: the reference value is
+    written under the title, and drawn as a dashed line only when it falls inside the range.
     """
     left, right, top, bottom = x0 + 52, x0 + w - 14, y0 + 34, y0 + h - 30
     canvas.text(x0 + w // 2, y0 + 4, panel.title, scale=2, align="center")
-    canvas.text(x0 + w // 2, y0 + 22, panel.ylabel, GREY, align="center")
+    subtitle = panel.ylabel + ("" if panel.ref is None else f"; GT {_fmt(panel.ref)}")
+    canvas.text(x0 + w // 2, y0 + 22, subtitle, GREY, align="center")
     lo, hi = min(panel.ys), max(panel.ys)
     pad = 0.1 * (hi - lo) if hi > lo else max(abs(hi), 1e-3) * 0.1
     lo, hi = lo - pad, hi + pad
@@ -793,11 +794,6 @@ def draw_panel(canvas, panel, x0, y0, w, h):
     canvas.line(left, bottom, right, bottom, BLACK)
     if panel.ref is not None and lo <= panel.ref <= hi:
         canvas.line(left, Y(panel.ref), right, Y(panel.ref), GREY, width=2, dash=5)
-    elif panel.ref is not None:
-        above = panel.ref > hi
-        canvas.line(right - 70, top + 4 if above else bottom - 4, right - 50, top + 4 if above else bottom - 4,
-                    GREY, width=2, dash=5)
-        canvas.text(right - 46, top + 1 if above else bottom - 7, f"{_fmt(panel.ref)} {'ABOVE' if above else 'BELOW'}", GREY)
     points = [(X(x), Y(y)) for x, y in zip(panel.xs, panel.ys)]
     for (xa, ya), (xb, yb) in zip(points, points[1:]):
         canvas.line(xa, ya, xb, yb, BLUE, width=2)
@@ -821,7 +817,7 @@ def plot_panels(path, title, panels, cols, footer="", size=(330, 230)):
     for k, panel in enumerate(panels):
         draw_panel(canvas, panel, (k % cols) * w, 30 + (k // cols) * h, w, h)
     canvas.line(12, rows * h + 42, 40, rows * h + 42, GREY, width=2, dash=5)
-    canvas.text(46, rows * h + 39, footer or "ground truth")
+    canvas.text(46, rows * h + 39, "GT: ground truth, another real clip that fits the prompt (dashed where in range)" + footer)
     canvas.save(path)
 
 
@@ -995,7 +991,7 @@ STEP_FACTORS = (0.25, 0.5, 1.0, 2.0)                      # Figure 3: steps scal
 @dataclass
 class AblationConfig(ResultsConfig):
     """Flags of `evaluate.py ablations`."""
-    n: int = field(default=16, metadata={"help": "held-out prompts, one clip each per setting"})
+    n: int = field(default=24, metadata={"help": "held-out prompts, one clip each per setting"})
     out: str = field(default="results/ablations", metadata={"help": "output folder (ablations.md, PNGs)"})
     stages: str = field(default=",".join(ABLATION_STAGES), metadata={"help": "comma-separated stages to ablate"})
 
@@ -1098,7 +1094,7 @@ def ablation_figures(out, records, floors):
         if not stages:
             continue
         panels = []
-        for metric, label in (("FAD_MFCC", "FAD MFCC (LOWER IS BETTER)"), ("sim_text", "MULAN AUDIO-TEXT (HIGHER)")):
+        for metric, label in (("FAD_MFCC", "FAD MFCC (LOWER: BETTER)"), ("sim_text", "MULAN AUDIO-TEXT (HIGHER)")):
             for stage in stages:
                 rs = [r for r in records if r["stage"] == stage and r["knob"] == knob]
                 if knob == "steps":
@@ -1111,7 +1107,7 @@ def ablation_figures(out, records, floors):
                 panels.append(Panel(stage, label, xs, [r[metric] for r in rs], xlabels,
                                     _floor(floors, stage)[metric], notes))
         plot_panels(os.path.join(out, filename), title, panels, cols=len(stages),
-                    footer="ground truth" + ("; labels: steps; x: seconds per clip" if knob == "steps" else ""))
+                    footer="; labels: steps; x: seconds per clip" if knob == "steps" else "")
         figures[filename] = title
     return figures
 
