@@ -74,6 +74,18 @@ def check_analyzer(corpus, n, rng):
     return result
 
 
+def pair_scores(waves, rate, pairs):
+    """{kind: share of pairs ordered correctly}; waves in the order of run_pipeline's prompts."""
+    scores, i = {}, 0
+    for kind in KINDS:
+        ok = []
+        for _ in pairs[kind]:
+            ok.append(measure(kind, waves[i], rate) > measure(kind, waves[i + 1], rate))
+            i += 2
+        scores[kind] = float(np.mean(ok))
+    return scores
+
+
 def sanity(wave, seconds):
     wave = np.asarray(wave)
     return {"finite": bool(np.isfinite(wave).all()), "not_silent": float(np.abs(wave).max()) > 1e-3,
@@ -86,21 +98,21 @@ def run_pipeline(args, pipeline, pairs):
     knobs = {s: cascade.Sampling() for s in cascade.STAGES}
     prompts = [p for kind in KINDS for pair in pairs[kind] for p in pair]
     seconds = stages[cascade.PIPELINES[pipeline][0]].spec.clip_seconds
-    waves, timings = [], {}
+    waves, timings, stage_waves = [], {}, {}
     t0 = time.perf_counter()
     for start in range(0, len(prompts), args.batch):
         batch = prompts[start:start + args.batch]
+        keep = {}
         audio = cascade.cascade_generate(stages, text_encoder, batch, pipeline, seconds, args.seed + start, knobs,
-                                         timings=timings)
+                                         timings=timings, keep=keep)
         waves += [w.numpy() for w in audio]
+        for name, x in keep.items():             # audio intermediates (not the log-mel)
+            if stages[name].spec.output == "wave" and name != "super-res":
+                stage_waves.setdefault(name, []).extend(w[0].numpy() for w in x)
         print(f"  {pipeline}: {len(waves)}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
-    results, i = {}, 0
-    for kind in KINDS:
-        ok = []
-        for _ in pairs[kind]:
-            ok.append(measure(kind, waves[i], 24000) > measure(kind, waves[i + 1], 24000))
-            i += 2
-        results[kind] = float(np.mean(ok))
+    results = {f"{pipeline} (24 kHz)": pair_scores(waves, 24000, pairs)}
+    for name, ws in stage_waves.items():
+        results[f"  {name} output ({stages[name].spec.sample_rate} Hz)"] = pair_scores(ws, stages[name].spec.sample_rate, pairs)
     checks = [sanity(w, seconds) for w in waves]
     audio_seconds = seconds * len(prompts)
     speed = {k: v / audio_seconds for k, v in timings.items()}
@@ -132,10 +144,12 @@ def main():
     speeds = []
     for pipeline in args.pipelines.split(","):
         results, checks, speed = run_pipeline(args, pipeline, pairs)
-        print(f"  {pipeline}: " + ", ".join(f"{k} {v:.0%}" for k, v in results.items()), flush=True)
-        lines.append(f"| {pipeline} | " + " | ".join(f"{results[k]:.0%}" for k in KINDS)
-                     + f" | {all(c['finite'] for c in checks)} | {all(c['not_silent'] for c in checks)}"
-                     + f" | {max(c['clipped'] for c in checks):.4%} | {all(c['length_ok'] for c in checks)} |")
+        for row, scores in results.items():
+            print(f"  {row}: " + ", ".join(f"{k} {v:.0%}" for k, v in scores.items()), flush=True)
+            sane = (f" | {all(c['finite'] for c in checks)} | {all(c['not_silent'] for c in checks)}"
+                    f" | {max(c['clipped'] for c in checks):.4%} | {all(c['length_ok'] for c in checks)} |"
+                    if row.startswith(pipeline) else " | | | | |")
+            lines.append(f"| {row} | " + " | ".join(f"{scores[k]:.0%}" for k in KINDS) + sane)
         speeds.append((pipeline, speed))
     lines += ["", "Seconds of computing per second of audio (this CPU, default steps, batch "
               f"{args.batch}, {torch.get_num_threads()} threads):", "", "| pipeline | per stage | total |", "|---|---|---|"]
