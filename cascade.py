@@ -294,50 +294,47 @@ class StageModel:
         self.model.to(device).eval().requires_grad_(False)
         self.device, self.dtype, self.step = device, dtype, ckpt["step"]
 
-    def eps_fn(self, w, text=None, text_mask=None, **route):
-        """eps_fn(x_t, t) for the samplers; with w != 1 and text, cond and uncond in one batch."""
+    def eps_fn(self, w, text=None, text_mask=None, drop=None, **route):
+        """eps_fn(x_t, t) for the samplers; with w != 1 and text, cond and uncond in one batch.
 
+        `drop` (B,) bool hides the text of those examples (empty prompts): their cross-attention
+        output is zero, as for the text-dropped examples in training.
+        """
         def run(x, t, **kw):
             with torch.autocast(x.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
                 return self.model(x, t, **kw).float()
 
         if text is None or w == 1:
-            return lambda x, t: run(x, t, text=text, text_mask=text_mask, **route)
+            return lambda x, t: run(x, t, text=text, text_mask=text_mask, drop_text=drop, **route)
 
         def pair(x, t):
             B = x.shape[0]
             both = {k: torch.cat([v, v]) for k, v in route.items()}
-            drop = torch.arange(2 * B, device=x.device) >= B                 # second half: text hidden
+            hide = torch.cat([drop if drop is not None else torch.zeros(B, dtype=torch.bool, device=x.device),
+                              torch.ones(B, dtype=torch.bool, device=x.device)])   # second half: text hidden
             eps = run(torch.cat([x, x]), torch.cat([t, t]), text=torch.cat([text, text]),
-                      text_mask=torch.cat([text_mask, text_mask]), drop_text=drop, **both)
+                      text_mask=torch.cat([text_mask, text_mask]), drop_text=hide, **both)
             return eps[:B], eps[B:]
         return pair
 
 
 def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, text_mask=None,
               unconditional=None, progress=None, **route):
-    """Sample one stage: x_T ~ N(0, I) of `shape`, then eq. 4 with CFG and dynamic clipping."""
+    """Sample one stage: x_T ~ N(0, I) of `shape`, then eq. 4 with CFG and dynamic clipping.
+
+    :param unconditional: a (B,) bool tensor: examples generated without text (empty prompts).
+    """
     import diffusion
     spec = stage.spec
     deltas, gamma, w, percentile = resolve_sampling(spec, knobs)
-    eps = stage.eps_fn(w, text, text_mask, **route)
+    drop = unconditional.to(stage.device) if unconditional is not None and text is not None else None
+    eps = stage.eps_fn(w, text, text_mask, drop, **route)
     if text is not None and w != 1:
-        pair = eps
-        if unconditional is not None and unconditional.any():   # empty prompts: eps(x, none) only
-            u = unconditional.to(stage.device)[:, None, None]
-            pair = _uncond_where(pair, u)
-        eps = diffusion.guided_eps_fn(pair, w, spec.schedule, percentile)
+        eps = diffusion.guided_eps_fn(eps, w, spec.schedule, percentile)
     elif percentile is not None:
         eps = diffusion.clipped_eps_fn(eps, spec.schedule, percentile)
     x_T = torch.randn(shape, generator=generator).to(stage.device)
     return diffusion.sample(eps, x_T, deltas, spec.schedule, gamma, generator=generator, progress=progress)
-
-
-def _uncond_where(pair, u):
-    def masked(x, t):
-        eps_c, eps_u = pair(x, t)
-        return torch.where(u, eps_u, eps_c), eps_u
-    return masked
 
 
 def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, device="cpu",

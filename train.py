@@ -153,7 +153,7 @@ def load_stage_clips(cfg, spec):
 def build_toy_corpus():
     import toy_corpus
     print(f"building the toy corpus in {TOY_DATA} (first use)")
-    toy_corpus.main(["--out", TOY_DATA]) if hasattr(toy_corpus, "main") else data.main(["toy", "--out", TOY_DATA])
+    toy_corpus.main(["--out", TOY_DATA])
 
 
 # ------------------------------------------------------------------------------------------------
