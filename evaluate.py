@@ -1112,6 +1112,11 @@ def ablation_figures(out, records, floors):
     return figures
 
 
+def _show(value):
+    """A setting as the report writes it: 10.0 -> '10', 'uniform' -> 'uniform'."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def ablations_markdown(meta, records, floors, figures):
     """ablations.md: set-up, figures, one line of findings per sweep, and the full tables."""
     lines = ["# Inference ablations at toy scale (sections 4.5-4.6, Figures 2 and 3)", "",
@@ -1121,16 +1126,17 @@ def ablations_markdown(meta, records, floors, figures):
              "3.2 kHz audio against ground truth taken down to 3.2 kHz; the spectrogram generator's log-mel), a second "
              "stage at 16 kHz with the generator's default output held fixed; every setting shares the prompts and "
              "the noise seeds. Steps are scaled by " + ", ".join(f"{f:g}" for f in STEP_FACTORS) + " around the default "
-             "(Table 7's shapes resampled). Dashed lines: the ground truth (another fitting real clip).", ""]
+             "(Table 7's shapes resampled). GT in the plots: the ground truth (another real clip that fits the prompt, at "
+             "the same representation), written under each panel's title and dashed where it falls inside the range.", ""]
     lines += [f"![{caption}]({name})" for name, caption in figures.items()] + ["", "## Findings", ""]
     for stage in ABLATION_STAGES:
         for knob in ("w", "schedule", "steps"):
             rs = [r for r in records if r["stage"] == stage and r["knob"] == knob]
             if rs:
                 f, s = min(rs, key=lambda r: r["FAD_MFCC"]), max(rs, key=lambda r: r["sim_text"])
-                lines.append(f"- {stage}, {knob}: best FAD_MFCC at {f['value']} ({f['FAD_MFCC']:.3f}; range "
+                lines.append(f"- {stage}, {knob}: best FAD_MFCC at {_show(f['value'])} ({f['FAD_MFCC']:.3f}; range "
                              f"{min(r['FAD_MFCC'] for r in rs):.3f}-{max(r['FAD_MFCC'] for r in rs):.3f}), best audio<->text at "
-                             f"{s['value']} ({s['sim_text']:.3f}; range {min(r['sim_text'] for r in rs):.3f}-"
+                             f"{_show(s['value'])} ({s['sim_text']:.3f}; range {min(r['sim_text'] for r in rs):.3f}-"
                              f"{max(r['sim_text'] for r in rs):.3f})")
     lines += ["", "## Tables", ""]
     for stage in ABLATION_STAGES:
@@ -1144,7 +1150,8 @@ def ablations_markdown(meta, records, floors, figures):
                   f"{fl['shuffled_sim_text']:.3f}.", "",
                   markdown_table(["knob", "value", "steps", "schedule", "w", "s / clip", "FAD_MFCC", "FAD_MuLan",
                                   "audio<->text", "audio<->audio"],
-                                 [[r["knob"], r["value"], r["steps"], r["schedule"], f"{r['w']:g}",
+                                 [[r["knob"], _show(r["value"]), r["steps"],
+                                   r["schedule"], f"{r['w']:g}",
                                    f"{r['seconds_per_clip']:.2f}", r["FAD_MFCC"], r["FAD_MuLan"], r["sim_text"],
                                    r["sim_audio"]] for r in rs]), ""]
     return "\n".join(lines)
