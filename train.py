@@ -19,6 +19,7 @@ Differences from the paper at toy scale: far fewer steps, a larger learning rate
 decay of 0.999 with the usual (1 + n) / (10 + n) warm-up, and no gradient accumulation.
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -264,7 +265,7 @@ def snapshot(cfg, spec, ema, batch, text_cache, step, losses, device):
     import soundfile as sf
     folder = os.path.join(cfg.out, "snapshots")
     os.makedirs(folder, exist_ok=True)
-    one = {k: (v[:1] if torch.is_tensor(v) else v[:1]) for k, v in batch.items()}
+    one = {k: v[:1] for k, v in batch.items()}
     gen = torch.Generator().manual_seed(0)
     kw = condition(one, spec, text_cache, gen, 0.0, device)
     kw.pop("drop_text", None)
@@ -396,7 +397,7 @@ def train_stage(cfg: TrainConfig, stage: str):
             batch = next(micro)
             gen = torch.Generator().manual_seed(step_seed(cfg.seed, rank, step, k))
             sync = k == cfg.grad_accum - 1 or world == 1
-            with (ddp.no_sync() if not sync else _nullcontext()):
+            with (ddp.no_sync() if not sync else contextlib.nullcontext()):
                 loss = loss_on_batch(ddp, batch, spec, text_cache, cfg, gen, device)
                 (loss / cfg.grad_accum).backward()
             total += loss.item() / cfg.grad_accum
@@ -439,14 +440,6 @@ def train_stage(cfg: TrainConfig, stage: str):
 def step_seed(*keys):
     """A 63-bit seed from integers (seed, rank, step, micro-step), the same in every process."""
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def load_text_encoder(path):
