@@ -56,13 +56,13 @@ _FULL_UNETS = {
     "wave-generator": UNetConfig(256, 7, (4,) * 6, (1, 1, 2, 3, 4, 4), (3, 3, 3, 4, 4, 4), (F, F, F, T, T, T), (F, F, F, T, T, T), 8,
                                  in_channels=1, text_dim=FULL_TEXT_DIM),
     "cascader": UNetConfig(256, 7, (4,) * 5, (1, 1, 2, 3, 4), (3, 3, 4, 6, 6), (F,) * 5, (F, F, F, T, T), 8,
-                           in_channels=1, cond_channels=1, text_dim=FULL_TEXT_DIM),
+                           in_channels=1, cond_channels=1, text_dim=FULL_TEXT_DIM, aug_level=True),
     "spec-generator": UNetConfig(256, 9, (4, 3, 2, 2, 2), (1, 2, 2, 3, 4), (6,) * 5, (F, F, F, T, T), (F, F, F, T, T), 8,
                                  in_channels=80, text_dim=FULL_TEXT_DIM),
     "vocoder": UNetConfig(128, 5, (2, 4, 4, 5), (1, 1, 2, 4), (4,) * 4, (F,) * 4, (F,) * 4, 8,
-                          in_channels=1, aligned_channels=80, aligned_rate=160),
+                          in_channels=1, aligned_channels=80, aligned_rate=160, aug_level=True),
     "super-res": UNetConfig(256, 7, (4,) * 4, (1, 1, 2, 2), (4,) * 4, (F,) * 4, (F,) * 4, 8,
-                            in_channels=1, cond_channels=1),
+                            in_channels=1, cond_channels=1, aug_level=True),
 }
 
 # The toy presets: the same depths' roles (attention at the bottom, the vocoder's strides
@@ -71,15 +71,15 @@ _TOY_UNETS = {
     "wave-generator": UNetConfig(16, 5, (4, 4, 4, 4), (1, 2, 4, 8), (1, 1, 1, 2), (F, F, F, T), (F, F, T, T), 4,
                                  in_channels=1, text_dim=TOY_TEXT_DIM),
     "cascader": UNetConfig(16, 5, (4, 4, 4), (1, 2, 4), (1, 1, 1), (F, F, F), (F, F, T), 4,
-                           in_channels=1, cond_channels=1, text_dim=TOY_TEXT_DIM),
+                           in_channels=1, cond_channels=1, text_dim=TOY_TEXT_DIM, aug_level=True),
     # base >= 80: the entry convolution is x_t's only way in, and a base narrower than the 80 mel
     # channels cannot even pass x_t through (a base of 48 left the loss stuck at ~0.3).
     "spec-generator": UNetConfig(96, 5, (2, 2, 2), (1, 1, 1), (1, 2, 2), (F, F, T), (F, T, T), 4,
                                  in_channels=80, text_dim=TOY_TEXT_DIM),
     "vocoder": UNetConfig(16, 5, (2, 4, 4, 5), (1, 1, 2, 4), (1, 1, 1, 1), (F,) * 4, (F,) * 4, 4,
-                          in_channels=1, aligned_channels=80, aligned_rate=160),
+                          in_channels=1, aligned_channels=80, aligned_rate=160, aug_level=True),
     "super-res": UNetConfig(12, 5, (4, 4), (1, 2), (1, 1), (F, F), (F, F), 4,
-                            in_channels=1, cond_channels=1),
+                            in_channels=1, cond_channels=1, aug_level=True),
 }
 
 
@@ -261,6 +261,7 @@ class Sampling:
     gamma: float = None        # eq. 4's stochasticity, in [0, 1]
     w: float = None            # CFG scale (1 = none)
     clip: float = None         # dynamic-clipping percentile of |x0| (0 = no clipping)
+    aug: float = None          # noise time of the conditioning input (cascaders, vocoder); default 0 = clean
 
 
 def resolve_sampling(spec: StageSpec, knobs: Sampling):
@@ -328,12 +329,19 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
     spec = stage.spec
     deltas, gamma, w, percentile = resolve_sampling(spec, knobs)
     drop = unconditional.to(stage.device) if unconditional is not None and text is not None else None
+    x_T = torch.randn(shape, generator=generator).to(stage.device)
+    if stage.model.config.aug_level:            # the conditioning's noise level (Ho et al. 2022b)
+        aug = knobs.aug or 0.0
+        level = torch.full((shape[0],), aug, device=stage.device)
+        if aug > 0:                             # corrupt the conditioning as in training, at t = aug
+            route = {k: diffusion.q_sample(v, level, torch.randn(v.shape, generator=generator).to(v.device),
+                                           spec.schedule) for k, v in route.items()}
+        route["aug_t"] = level
     eps = stage.eps_fn(w, text, text_mask, drop, **route)
     if text is not None and w != 1:
         eps = diffusion.guided_eps_fn(eps, w, spec.schedule, percentile)
     elif percentile is not None:
         eps = diffusion.clipped_eps_fn(eps, spec.schedule, percentile)
-    x_T = torch.randn(shape, generator=generator).to(stage.device)
     return diffusion.sample(eps, x_T, deltas, spec.schedule, gamma, generator=generator, progress=progress)
 
 

@@ -16,7 +16,10 @@ Determinism: every random draw of step s (clips, crops, texts, t, eps, augmentat
 dropout) comes from generators seeded by (seed, rank, s) alone, so a run resumed from a
 checkpoint at step s continues exactly as the uninterrupted run (bitwise on CPU, tested).
 Differences from the paper at toy scale: far fewer steps, a larger learning rate (1e-3), an EMA
-decay of 0.999 with the usual (1 + n) / (10 + n) warm-up, and no gradient accumulation.
+decay of 0.999 with the usual (1 + n) / (10 + n) warm-up, no gradient accumulation, and half of
+the cascaders' and vocoder's examples see their conditioning un-augmented (`--clean-share`, see
+data.augment_conditioning: in a short run, the paper's t ~ U[0, t_max] would leave too few
+examples of the clean input that inference gives them).
 """
 import argparse
 import contextlib
@@ -41,8 +44,9 @@ from unet1d import UNet1D, UNetConfig, count_parameters
 FORMAT_VERSION = 1
 TOY_DATA = "toy_data/corpus"                 # the toy corpus, built on first use
 TOY_T5 = "checkpoints/toy/t5"                # the toy text encoder (text.py / pseudolabel.py)
+TOY_EXPORT = "checkpoints/toy"               # where `--stage all` writes the inference checkpoints
 # Toy steps and batch per stage: sized so that `--stage all` fits in an hour on 2 CPU cores.
-TOY_STEPS = {"wave-generator": 3500, "cascader": 1500, "spec-generator": 2000, "vocoder": 1500, "super-res": 800}
+TOY_STEPS = {"wave-generator": 3500, "cascader": 2500, "spec-generator": 2500, "vocoder": 5000, "super-res": 1000}
 TOY_BATCH = {"wave-generator": 16, "cascader": 16, "spec-generator": 16, "vocoder": 16, "super-res": 16}
 
 
@@ -63,6 +67,7 @@ class TrainConfig:
     lr_end: int = field(default=0, metadata={"help": "cosine end point (default: steps toy, 2.5M full)"})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA decay (default 0.999 toy, 0.9999 full)"})
     text_dropout: float = field(default=0.1, metadata={"help": "share of examples trained without text (CFG)"})
+    clean_share: float = field(default=-1.0, metadata={"help": "share of examples whose conditioning is not augmented (default 0.5 toy, 0 full)"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     workers: int = field(default=1, metadata={"help": "DataLoader worker processes"})
@@ -109,6 +114,7 @@ def fill_defaults(cfg: TrainConfig, spec: cascade.StageSpec) -> TrainConfig:
     c.warmup = c.warmup if c.warmup >= 0 else (100 if toy else 10_000)
     c.lr_end = c.lr_end or (c.steps if toy else 2_500_000)
     c.ema_decay = c.ema_decay or (0.999 if toy else 0.9999)
+    c.clean_share = c.clean_share if c.clean_share >= 0 else (0.5 if toy else 0.0)
     return c
 
 
@@ -228,14 +234,13 @@ def setup_distributed(device):
 # ------------------------------------------------------------------------------------------------
 # One training step
 
-def condition(batch, spec, text_cache, gen, text_dropout, device):
+def condition(batch, spec, text_cache, gen, text_dropout, device, clean_share=0.0):
     """Augment the conditioning input and encode the text: the model's keyword arguments."""
     kw = {}
     aug = data.AUGMENTATIONS.get(spec.name)
-    if "cond" in batch:
-        kw["cond"], _ = data.augment_conditioning(batch["cond"], aug, spec.schedule, gen)
-    if "aligned" in batch:
-        kw["aligned"], _ = data.augment_conditioning(batch["aligned"], aug, spec.schedule, gen)
+    for route in ("cond", "aligned"):
+        if route in batch:
+            kw[route], kw["aug_t"] = data.augment_conditioning(batch[route], aug, spec.schedule, gen, clean_share)
     if spec.has_text:
         emb, mask = text_cache(batch["text"])                          # (B, L, D), (B, L)
         empty = torch.tensor([t == "" for t in batch["text"]])
@@ -247,7 +252,7 @@ def condition(batch, spec, text_cache, gen, text_dropout, device):
 def loss_on_batch(model, batch, spec, text_cache, cfg, gen, device):
     """Eq. 1: || eps_hat(alpha_t x0 + sigma_t eps, t) - eps ||^2, weighted by w_t."""
     x0 = batch["x0"]
-    kw = condition(batch, spec, text_cache, gen, cfg.text_dropout, device)
+    kw = condition(batch, spec, text_cache, gen, cfg.text_dropout, device, cfg.clean_share)
     t = torch.rand(x0.shape[0], generator=gen)
     eps = torch.randn(x0.shape, generator=gen)
     x0, t, eps = x0.to(device), t.to(device), eps.to(device)
@@ -481,7 +486,10 @@ def main(argv=None):
 
 # The two chains of `--stage all`: on a machine with two or more cores they train side by side,
 # one thread each (small 1-D convolutions scale poorly across threads; two processes do better).
-CHAINS = (("wave-generator", "cascader", "super-res"), ("spec-generator", "vocoder"))
+# "text" is the toy text encoder (the MuLan-style model's text tower); the stages that read text
+# wait for it, the vocoder and super-res (audio only) start at once.
+CHAINS = (("text", "wave-generator", "cascader"), ("vocoder", "super-res", "spec-generator"))
+TEXT_STAGES = ("wave-generator", "cascader", "spec-generator")
 
 
 def train_all(cfg):
@@ -489,18 +497,16 @@ def train_all(cfg):
     import threading
     results = []
     os.makedirs(cfg.out, exist_ok=True)
-    if not os.path.exists(os.path.join(TOY_DATA, "manifest.jsonl")):
+    if not cfg.data and not os.path.exists(os.path.join(TOY_DATA, "manifest.jsonl")):
         build_toy_corpus()
-    if not cfg.t5:
-        import pseudolabel
-        t0 = time.time()
-        pseudolabel.main(["train", "--manifest", os.path.join(TOY_DATA, "manifest.jsonl"),
-                          "--out", os.path.dirname(TOY_T5), "--export-t5", TOY_T5])
-        results.append({"stage": "text encoder (MuLan text tower)", "seconds": time.time() - t0})
+    text_ready = threading.Event()
+    chains = [[s for s in chain if s != "text" or not cfg.t5] for chain in CHAINS]
+    if cfg.t5:
+        text_ready.set()
     if (os.cpu_count() or 1) < 2:
-        results += [train_stage(cfg, stage) for stage in cascade.STAGES]
+        run_chain(cfg, sorted(sum(chains, []), key=lambda s: s != "text"), results, text_ready)
     else:
-        threads = [threading.Thread(target=run_chain, args=(cfg, chain, results)) for chain in CHAINS]
+        threads = [threading.Thread(target=run_chain, args=(cfg, chain, results, text_ready)) for chain in chains]
         for th in threads:
             th.start()
         for th in threads:
@@ -508,26 +514,49 @@ def train_all(cfg):
     missing = [s for s in cascade.STAGES if not os.path.exists(checkpoint_path(cfg, s))]
     if missing:
         raise SystemExit(f"train.py: stages failed: {', '.join(missing)} (see {cfg.out}/STAGE.stdout.log)")
-    export_inference(cfg.out, "checkpoints/toy")
+    export_inference(cfg.out, TOY_EXPORT)
     for r in results:
         print(json.dumps(r))
     return results
 
 
-def run_chain(cfg, chain, results):
-    """Train the stages of one chain one after the other, each in its own one-thread process."""
+def run_chain(cfg, chain, results, text_ready):
+    """Train the stages of one chain one after the other, each in its own one-thread process.
+
+    A stage that reads text first waits for the text encoder; a failed stage ends its chain (and
+    a failed text encoder the other chain's text stages too).
+    """
     import subprocess
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for stage in chain:
-        args = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--scale", "toy", "--out", cfg.out,
-                "--seed", str(cfg.seed), "--workers", str(cfg.workers)] + (["--t5", cfg.t5] if cfg.t5 else [])
-        args += ["--steps", str(cfg.steps)] if cfg.steps else []
-        args += ["--resume"] if cfg.resume else []
-        with open(os.path.join(cfg.out, f"{stage}.stdout.log"), "w") as log:
+        t0 = time.time()
+        if stage == "text":
+            args = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "pseudolabel.py"), "train",
+                    "--manifest", cfg.data or os.path.join(TOY_DATA, "manifest.jsonl"), "--out", os.path.dirname(TOY_T5),
+                    "--export-t5", TOY_T5]
+        else:
+            if stage in TEXT_STAGES:
+                text_ready.wait()
+                if not (cfg.t5 or os.path.isdir(TOY_T5)) or getattr(text_ready, "failed", False):
+                    return
+            args = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--scale", "toy", "--out", cfg.out,
+                    "--seed", str(cfg.seed), "--workers", str(cfg.workers)] + (["--t5", cfg.t5] if cfg.t5 else [])
+            for flag in ("data", "steps", "batch_size", "eval_every"):
+                if getattr(cfg, flag) != getattr(TrainConfig, flag):
+                    args += ["--" + flag.replace("_", "-"), str(getattr(cfg, flag))]
+            args += ["--resume"] if cfg.resume else []
+        name = "text-encoder" if stage == "text" else stage
+        with open(os.path.join(cfg.out, f"{name}.stdout.log"), "w") as log:
             done = subprocess.run(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        if stage == "text":
+            text_ready.failed = done.returncode != 0
+            text_ready.set()
+            results.append({"stage": "text encoder (MuLan text tower)", "seconds": time.time() - t0})
         if done.returncode != 0:
+            print(f"train.py: {name} failed (exit {done.returncode}); see {cfg.out}/{name}.stdout.log", file=sys.stderr)
             return
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        if stage != "text":
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 if __name__ == "__main__":

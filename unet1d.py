@@ -17,6 +17,10 @@ The four routes of entry (Figure 1):
   3. a text sequence (B, L, text_dim) with its padding mask (B, L), through cross-attention;
   4. an aligned but compressed sequence (B, aligned_channels, T / aligned_rate), projected and
      added at the bottom of the U (the vocoder's spectrogram).
+The cascaders and the vocoder also see the noise level of their conditioning augmentation
+(`aug_t`, section 4.1): the paper follows Ho et al. (2022b), whose cascaded models are told the
+augmentation level, so that at inference a clean input (aug_t = 0) is trusted in full. It is
+embedded like t and added to the time embedding (`UNetConfig.aug_level`).
 
 Choices the paper leaves open, and how this file fills them (each is a simplification or a guess):
   - Down-sampling is a Conv1D with kernel = stride = S_I (no overlap, exact T / S_I); up-sampling
@@ -58,6 +62,7 @@ class UNetConfig:
     aligned_channels: int = 0   # channels of the aligned compressed input (80 for the vocoder)
     aligned_rate: int = 1       # its compression rate C: aligned length = T / C
     text_dim: int = 0           # width of the text embeddings (the T5 d_model); 0 = no text route
+    aug_level: bool = False     # the conditioning's augmentation noise time enters with t (Ho et al. 2022b)
 
     def __post_init__(self):
         for name in ("strides", "channel_mults", "blocks", "self_attn", "cross_attn"):
@@ -183,6 +188,7 @@ class UNet1D(nn.Module):
         chans = [cfg.base_dim] + cfg.channels                               # C_0 .. C_D
         self.entry = nn.Conv1d(cfg.in_channels + cfg.cond_channels, cfg.base_dim, 3, padding=1)
         self.time = nn.Linear(cfg.base_dim, cfg.base_dim)
+        self.aug_time = nn.Linear(cfg.base_dim, cfg.base_dim) if cfg.aug_level else None
         self.down_sample, self.down_blocks = nn.ModuleList(), nn.ModuleList()
         self.up_blocks, self.up_sample = nn.ModuleList(), nn.ModuleList()
         for i, s in enumerate(cfg.strides):
@@ -196,7 +202,7 @@ class UNet1D(nn.Module):
         self.exit_norm = nn.GroupNorm(_groups(cfg.base_dim), cfg.base_dim)
         self.exit = nn.Conv1d(cfg.base_dim, cfg.in_channels, 3, padding=1)
 
-    def forward(self, x_t, t, cond=None, text=None, text_mask=None, aligned=None, drop_text=None):
+    def forward(self, x_t, t, cond=None, text=None, text_mask=None, aligned=None, drop_text=None, aug_t=None):
         """
         :param x_t: the [B x in_channels x T] noisy input.
         :param t: the [B] diffusion times in [0, 1].
@@ -205,6 +211,8 @@ class UNet1D(nn.Module):
         :param text_mask: the [B x L] bool padding mask (True = real token), or None.
         :param aligned: the [B x aligned_channels x T / aligned_rate] aligned input, or None.
         :param drop_text: a [B] bool tensor; True zeroes the cross-attention output (CFG dropout).
+        :param aug_t: the [B] augmentation noise times of cond/aligned (aug_level models); None = 0,
+            a clean conditioning input.
         :return: eps_hat, the [B x in_channels x T] noise prediction.
         """
         cfg = self.config
@@ -212,7 +220,11 @@ class UNet1D(nn.Module):
         pad = -T % cfg.total_stride                                          # NOTES trap 5
         h = x_t if cond is None else torch.cat([x_t, cond], dim=1)           # (B, in + cond, T)
         h = F.pad(h, (0, pad))
-        temb = F.silu(self.time(timestep_embedding(t, cfg.base_dim)))        # (B, base)
+        temb = self.time(timestep_embedding(t, cfg.base_dim))                # (B, base)
+        if self.aug_time is not None:
+            aug_t = torch.zeros_like(t) if aug_t is None else aug_t
+            temb = temb + self.aug_time(timestep_embedding(aug_t, cfg.base_dim))
+        temb = F.silu(temb)
         keep = None
         if text is not None:
             keep = torch.ones(x_t.shape[0], 1, 1, device=x_t.device, dtype=text.dtype)

@@ -206,7 +206,8 @@ def _closed_form_moments(name, gamma):
     """Mean and std of eq. 4's output for Gaussian data and the cosine schedule, in closed form.
 
     Written from Appendix A independently of diffusion.py: every step is linear in x_t with
-    Gaussian noise, so the mean m and variance v propagate exactly (the last step adds no noise).
+    Gaussian noise, so the mean m and variance v propagate exactly (the last step adds no noise
+    and lands on the data: alpha_s = 1, sigma_s = 0).
     """
     a, b = math.atan(math.exp(10)) - math.atan(math.exp(-10)), math.atan(math.exp(-10))
     times = [0.0] + list(itertools.accumulate(D.step_schedule(name, N_STEPS)))
@@ -214,6 +215,8 @@ def _closed_form_moments(name, gamma):
     for n in range(N_STEPS, 0, -1):
         (al_t, sg_t), (al_s, sg_s) = [(math.cos(a * u + b), math.sin(a * u + b))
                                      for u in (times[n], times[n - 1])]
+        if n == 1:
+            al_s, sg_s = 1.0, 0.0
         one_minus_r = 1.0 - (al_t * sg_s / (sg_t * al_s)) ** 2  # 1 - e^{lambda_t - lambda_s}
         k = sg_t / (al_t ** 2 * S ** 2 + sg_t ** 2)  # eps_hat = k (x_t - al_t MU)
         gain = al_s / al_t * (1.0 - one_minus_r * sg_t * k)
@@ -244,6 +247,23 @@ def test_gamma0_is_stochastic_and_not_ddim():
     assert not torch.allclose(x1, D.ddim_sample(eps_fn, x_T, deltas, "cosine"))
     with pytest.raises(ValueError):
         D.sample(eps_fn, x_T, deltas, "cosine", 1.5)
+
+
+@pytest.mark.parametrize("sampler", [0.0, 1.0, "ddim"])
+def test_last_step_lands_on_the_data(sampler):
+    """With an exact predictor for a point mass, the output is the point itself, to float precision.
+
+    (Eq. 4's mean towards t = 0 would keep sigma_0 = 0.01 of the noise under the linear schedule.)
+    """
+    c = torch.linspace(-0.5, 0.5, 16, dtype=torch.float64)[None, None]
+    def eps_fn(x_t, t):
+        alpha, sigma = D.alpha_sigma(t[:1].double(), "linear")
+        return (x_t - alpha * c) / sigma
+    x_T = torch.randn(3, 1, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    deltas = D.step_schedule("front-heavy", 10, "vocoder")
+    x = (D.ddim_sample(eps_fn, x_T, deltas, "linear") if sampler == "ddim"
+         else D.sample(eps_fn, x_T, deltas, "linear", sampler, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(x, c.expand_as(x), rtol=0, atol=1e-9)
 
 
 def test_last_step_adds_no_noise():

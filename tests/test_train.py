@@ -112,3 +112,15 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     ckpt = torch.load(tmp_path / "super-res.pt", weights_only=True)
     assert ckpt["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".pt") == ["super-res.pt"]
+
+
+def test_stage_all_trains_both_chains_and_exports(corpus, tmp_path, monkeypatch):
+    """`--stage all`: the two chains side by side as subprocesses, then the inference export."""
+    monkeypatch.setattr(train, "TOY_EXPORT", str(tmp_path / "export"))
+    cfg = _cfg(corpus, tmp_path / "run", "all", steps=2, eval_every=0)
+    results = train.train_all(cfg)
+    assert sorted(r["stage"] for r in results) == sorted(cascade.STAGES)
+    for stage in cascade.STAGES:
+        ckpt = torch.load(tmp_path / "export" / f"{stage}.pt", weights_only=True)
+        assert ckpt["step"] == 2 and ckpt["model"] is None and ckpt["optimizer"] is None
+        assert all(v.dtype == torch.float16 for v in ckpt["ema"].values() if v.is_floating_point())

@@ -119,3 +119,27 @@ def test_toy_base_is_wide_enough_to_pass_the_input_through():
         for scale in cascade.SCALES:
             cfg = cascade.unet_config(stage, scale)
             assert cfg.base_dim >= cfg.in_channels + cfg.cond_channels, (stage, scale)
+
+
+@pytest.mark.parametrize("stage", ["cascader", "vocoder", "super-res"])
+def test_augmentation_level_reaches_output_and_defaults_to_clean(stage):
+    cfg = cascade.unet_config(stage, "toy")
+    assert cfg.aug_level                                  # Ho et al. 2022b: the cascaders see it
+    model = UNet1D(cfg).eval()
+    x, t, kw = _inputs(cfg, 2, cfg.total_stride * 2)
+    with torch.no_grad():
+        clean = model(x, t, **kw)
+        zero = model(x, t, aug_t=torch.zeros(2), **kw)
+        noisy = model(x, t, aug_t=torch.full((2,), 0.5), **kw)
+    torch.testing.assert_close(clean, zero, rtol=0, atol=0)
+    assert (clean - noisy).abs().max() > 1e-4
+
+
+def test_config_without_aug_level_loads_as_before():
+    d = cascade.unet_config("cascader", "toy").to_dict()
+    del d["aug_level"]                                     # a checkpoint written before the field
+    model = UNet1D(UNetConfig.from_dict(d))
+    assert model.aug_time is None
+    x, t, kw = _inputs(model.config, 1, model.config.total_stride)
+    with torch.no_grad():                                  # aug_t is accepted and ignored
+        torch.testing.assert_close(model(x, t, aug_t=torch.ones(1), **kw), model(x, t, **kw))
