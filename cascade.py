@@ -150,13 +150,21 @@ def _check(stage, scale):
         raise ValueError(f"unknown scale {scale!r}; choose 'toy' or 'full'")
 
 
+# The preconditioning's data RMS (unet1d.py): waveforms are stored at an RMS of about 0.1 (the
+# toy corpus is normalized to it; data.py's manifests of real audio are not rescaled, and ~0.1 is
+# typical of mastered music); the log-mel lies in [-1, 1] with a spread of ~0.4-0.7, for which
+# EDM's 0.5 for images in [-1, 1] serves.
+DATA_STD = {"wave": 0.1, "spec": 0.5}
+
+
 def unet_config(stage, scale="toy", text_dim=None) -> UNetConfig:
     """The U-Net of `stage` at `scale` ("full" is Table 8); text_dim overrides the T5 width."""
     _check(stage, scale)
     cfg = (_FULL_UNETS if scale == "full" else _TOY_UNETS)[stage]
     if text_dim is not None and cfg.text_dim:
         cfg = replace(cfg, text_dim=text_dim)
-    return replace(cfg)
+    spec = _FULL_SPECS[stage]
+    return replace(cfg, data_std=DATA_STD[spec.output], schedule=spec.schedule)
 
 
 def stage_spec(stage, scale="toy") -> StageSpec:

@@ -2,6 +2,7 @@
 
     python bench/adherence.py [--ckpt-dir checkpoints/toy] [--pairs 20] [--pipelines wave,spec]
                               [--corpus toy_data/corpus] [--out bench/results_adherence.md]
+                              [--from-real 10]
 
 1. The analyzer (evaluate.py: onset rate, median pitch, percussive ratio) is first checked on the
    toy corpus's real clips: random pairs of fast/slow, bass/flute and drums/solo clips.
@@ -55,8 +56,11 @@ def prompt_pairs(n):
     return pairs
 
 
-def check_analyzer(corpus, n, rng):
-    """Share of random real-clip pairs the analyzer orders correctly, per kind."""
+def check_analyzer(corpus, n, rng, hiss=0.0):
+    """Share of random real-clip pairs the analyzer orders correctly, per kind.
+
+    hiss > 0 adds white noise of that RMS to every clip (the clips' RMS is 0.1).
+    """
     entries = data.read_manifest(os.path.join(corpus, "manifest.jsonl"))
     attr = lambda e, k: e["attributes"].get(k)
     groups = {"tempo": ([e for e in entries if attr(e, "tempo") == "fast"], [e for e in entries if attr(e, "tempo") == "slow"]),
@@ -69,9 +73,50 @@ def check_analyzer(corpus, n, rng):
             a, b = hi[rng.integers(len(hi))], lo[rng.integers(len(lo))]
             wa, ra = data.decode_audio(a["audio"])
             wb, rb = data.decode_audio(b["audio"])
+            wa, wb = (w + hiss * rng.standard_normal(len(w)) for w in (wa, wb))
             ok += measure(kind, wa, ra) > measure(kind, wb, rb)
         result[kind] = ok / n
     return result
+
+
+def real_pairs(corpus, n, rng):
+    """n random real-clip pairs per kind, in pair_scores' order: (clips at 16 kHz, their first captions)."""
+    entries = data.read_manifest(os.path.join(corpus, "manifest.jsonl"))
+    attr = lambda e, k: e["attributes"].get(k)
+    groups = {"tempo": ("tempo", "fast", "slow"), "register": ("instrument", "flute", "bass"), "drums": ("drums", True, False)}
+    clips, captions = [], []
+    for kind in KINDS:
+        key, hi, lo = groups[kind]
+        pools = [[e for e in entries if attr(e, key) == v] for v in (hi, lo)]
+        for _ in range(n):
+            for pool in pools:
+                e = pool[rng.integers(len(pool))]
+                wave, rate = data.decode_audio(e["audio"])
+                wave = data.fft_resample(torch.tensor(wave, dtype=torch.float64), rate, 16000).float()
+                clips.append(torch.nn.functional.pad(wave, (0, max(0, 64000 - len(wave))))[:64000])
+                captions.append(e["captions"][0])
+    return torch.stack(clips)[:, None], captions
+
+
+def second_stage_from_real(args, pipeline, n):
+    """The cascader (from real 3.2 kHz audio) or the vocoder (from real log-mels): pair scores at 16 kHz."""
+    sys_args = argparse.Namespace(pipeline=pipeline, ckpt_dir=args.ckpt_dir)
+    stages, (tokenizer, encoder) = sample.load_models(sys_args, argparse.ArgumentParser(), torch.device("cpu"))
+    name = cascade.PIPELINES[pipeline][1]
+    stage = stages[name]
+    clips, captions = real_pairs(args.corpus, n, np.random.default_rng(args.seed + 1))
+    waves = []
+    for start in range(0, len(clips), args.batch):
+        c, gen = clips[start:start + args.batch], torch.Generator().manual_seed(args.seed + start)
+        with torch.no_grad():
+            if stage.spec.aligned:
+                x = cascade.run_stage(stage, cascade.Sampling(), c.shape, gen, aligned=data.log_mel(c[:, 0], 16000))
+            else:
+                ids, mask = tokenizer(captions[start:start + args.batch], stage.spec.token_len)
+                x = cascade.run_stage(stage, cascade.Sampling(), c.shape, gen, encoder(ids, mask), mask,
+                                      cond=cascade.low_fidelity(c.double(), 16000, 3200).float())
+        waves += [w[0].numpy() for w in x]
+    return {f"  {name} from real inputs (16000 Hz)": pair_scores(waves, 16000, {k: [None] * n for k in KINDS})}
 
 
 def pair_scores(waves, rate, pairs):
@@ -128,15 +173,18 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results_adherence.md")
+    p.add_argument("--from-real", type=int, default=0,
+                   help="also run the cascader / vocoder on this many real pairs per kind (their own fidelity)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     lines = [f"# Prompt adherence of {args.ckpt_dir} ({args.pairs} pairs per kind)", ""]
     if os.path.isdir(args.corpus):
         real = check_analyzer(args.corpus, args.pairs, np.random.default_rng(args.seed))
-        lines += ["Analyzer on real toy-corpus clips (random pairs):", "",
-                  "| kind | ordered correctly |", "|---|---|"]
-        lines += [f"| {k} ({KINDS[k][1]} vs {KINDS[k][2]}) | {v:.0%} |" for k, v in real.items()] + [""]
+        noisy = check_analyzer(args.corpus, args.pairs, np.random.default_rng(args.seed), hiss=0.01)
+        lines += ["Analyzer on real toy-corpus clips (random pairs; clips at RMS 0.1, hiss = white noise of RMS 0.01 added):", "",
+                  "| kind | ordered correctly | with hiss |", "|---|---|---|"]
+        lines += [f"| {k} ({KINDS[k][1]} vs {KINDS[k][2]}) | {v:.0%} | {noisy[k]:.0%} |" for k, v in real.items()] + [""]
     pairs = prompt_pairs(args.pairs)
     lines += ["Generated pairs (one word changed; each clip its own noise):", "", "| pipeline | " + " | ".join(
         f"{k} ({KINDS[k][1]} vs {KINDS[k][2]})" for k in KINDS) + " | finite | not silent | max clipped | length ok |",
@@ -144,6 +192,8 @@ def main():
     speeds = []
     for pipeline in args.pipelines.split(","):
         results, checks, speed = run_pipeline(args, pipeline, pairs)
+        if args.from_real and os.path.isdir(args.corpus):
+            results.update(second_stage_from_real(args, pipeline, args.from_real))
         for row, scores in results.items():
             print(f"  {row}: " + ", ".join(f"{k} {v:.0%}" for k, v in scores.items()), flush=True)
             sane = (f" | {all(c['finite'] for c in checks)} | {all(c['not_silent'] for c in checks)}"
