@@ -31,6 +31,7 @@ Fields added by `load_clips` to each clip's entry: `clip_index`, `clip_start` (s
 """
 import argparse
 import hashlib
+import dataclasses
 import json
 import math
 import os
@@ -634,3 +635,25 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------------------------------------
+# Command lines built from dataclasses (train.py, evaluate.py, pseudolabel.py)
+
+def add_dataclass_flags(parser, cls):
+    """One flag per field of dataclass `cls` (--snake-case), with its default and metadata["help"].
+
+    bool fields are switches; metadata "many" makes a repeatable flag collecting a list,
+    "required" a required one. The default is appended to the help unless the help names it.
+    """
+    for f in dataclasses.fields(cls):
+        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", help=meta["help"])
+        elif meta.get("many"):
+            parser.add_argument(flag, action="append", default=[], metavar="FILE", help=meta["help"])
+        else:
+            required = meta.get("required", False)
+            shown = required or "default" in meta["help"]
+            parser.add_argument(flag, type=type(f.default), default=f.default, required=required,
+                                help=meta["help"] + ("" if shown else " (default: %(default)r)"))

@@ -1200,14 +1200,8 @@ def folder_embeddings(files, embed, seconds):
 # ----------------------------------------------------------------------------------------------
 # Command line
 
-def add_fields(parser, cls):
-    """One flag per dataclass field (--snake-case), with the field's default and help."""
-    for f in dataclasses.fields(cls):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                            help=f.metadata["help"] + " (default: %(default)r)")
-
-
 def build_parser():
+    from data import add_dataclass_flags as add_fields
     parser = argparse.ArgumentParser(prog="evaluate.py", description=(
         "Noise2Music evaluation (sections 4.3-4.6): audio measurements, FAD, MuLan similarity, the toy "
         "results (Tables 5, 6) and the inference ablations (Figures 2, 3)."))

@@ -1009,21 +1009,8 @@ def evaluate_retrieval(cfg: EvalConfig):
     return report
 
 
-def add_fields(parser, cls):
-    """One flag per dataclass field (--snake-case), with the field's default and help."""
-    for f in dataclasses.fields(cls):
-        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
-        if f.type is bool:
-            parser.add_argument(flag, action="store_true", help=meta["help"])
-        elif meta.get("many"):
-            parser.add_argument(flag, action="append", default=[], metavar="FILE", help=meta["help"])
-        else:
-            required = meta.get("required", False)
-            parser.add_argument(flag, type=type(f.default), default=f.default, required=required,
-                                help=meta["help"] + ("" if required else " (default: %(default)r)"))
-
-
 def build_parser():
+    from data import add_dataclass_flags as add_fields
     parser = argparse.ArgumentParser(prog="pseudolabel.py", description=(
         "A small MuLan-style audio-text model and the pseudo-labelling of section 3.5."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -81,12 +81,7 @@ class TrainConfig:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train a stage of the Noise2Music cascade (section 4.1).")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
+    data.add_dataclass_flags(parser, TrainConfig)
     args = parser.parse_args(argv)
     if args.stage not in cascade.STAGES + ("all",):
         parser.error(f"--stage must be one of {', '.join(cascade.STAGES)}, all")
