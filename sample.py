@@ -44,11 +44,17 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.add_argument("--save-stages", action="store_true", help="also write each stage's output as sound and picture")
     for stage in cascade.STAGES:                      # per-stage knobs, from the Sampling dataclass
-        for f in dataclasses.fields(cascade.Sampling):
+        for f in _knob_fields(stage):
             kind = str if f.name == "schedule" else (int if f.name == "steps" else float)
             p.add_argument(f"--{stage}-{f.name}", type=kind, default=None,
                            help=f"{stage}: {f.name} (default: Table 3 / the checkpoint's scale)")
     return p
+
+
+def _knob_fields(stage):
+    """The Sampling fields that mean something for `stage` (the generators have no conditioning to noise)."""
+    has_input = cascade.stage_spec(stage).cond_rate or cascade.stage_spec(stage).aligned
+    return [f for f in dataclasses.fields(cascade.Sampling) if f.name != "aug" or has_input]
 
 
 def parse_args(argv=None):
@@ -73,11 +79,13 @@ def parse_args(argv=None):
         p.error("--batch-size must be at least 1")
     args.knobs = {}
     for stage in cascade.STAGES:
-        values = {f.name: getattr(args, f"{stage}_{f.name}".replace("-", "_")) for f in dataclasses.fields(cascade.Sampling)}
+        values = {f.name: getattr(args, f"{stage}_{f.name}".replace("-", "_")) for f in _knob_fields(stage)}
         if values["steps"] is not None and values["steps"] < 1:
             p.error(f"--{stage}-steps must be at least 1")
         if values["gamma"] is not None and not 0 <= values["gamma"] <= 1:
             p.error(f"--{stage}-gamma must be in [0, 1]")
+        if values.get("aug") is not None and not 0 <= values["aug"] <= 1:
+            p.error(f"--{stage}-aug must be a noise time in [0, 1]")
         if values["clip"] is not None and not 0 <= values["clip"] < 1:
             p.error(f"--{stage}-clip must be a percentile in [0, 1) (0: no clipping)")
         sched = values["schedule"]

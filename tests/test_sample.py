@@ -57,7 +57,19 @@ def test_prompts_file_batches_and_names_outputs(ckpts, tmp_path):
 
 @pytest.mark.parametrize("args", [["x", "--seconds", "0"], ["x", "--seconds", "-1"], ["x", "--seconds", "1e9"],
                                   ["x", "--ckpt-dir", "/nonexistent"], [], ["x", "--cascader-gamma", "2"],
+                                  ["x", "--vocoder-aug", "1.5"], ["x", "--wave-generator-aug", "0.1"],
                                   ["--prompts", "/nonexistent", "--out-dir", "o"]])
 def test_bad_input_exits_2_with_one_line(args):
     r = _run(*args)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_conditioning_noise_knob_changes_the_output(ckpts, tmp_path):
+    """--cascader-aug t corrupts the 3.2 kHz input at noise time t and tells the cascader so."""
+    outs = []
+    for aug in ("0", "0.3"):
+        r = _run("a slow piano tune", "--ckpt-dir", ckpts, "--seconds", "0.5", "--out", str(tmp_path / f"{aug}.wav"),
+                 "--cascader-aug", aug, *FAST)
+        assert r.returncode == 0, r.stderr
+        outs.append(sf.read(tmp_path / f"{aug}.wav")[0])
+    assert not np.allclose(outs[0], outs[1])
