@@ -496,10 +496,10 @@ def train_all(cfg):
     os.makedirs(cfg.out, exist_ok=True)
     if not cfg.data and not os.path.exists(os.path.join(TOY_DATA, "manifest.jsonl")):
         build_toy_corpus()
-    text_ready = threading.Event()
+    text_ready = TextReady()
     chains = [[s for s in chain if s != "text" or not cfg.t5] for chain in CHAINS]
     if cfg.t5:
-        text_ready.set()
+        text_ready.finish(ok=True)
     if (os.cpu_count() or 1) < 2:
         run_chain(cfg, sorted(sum(chains, []), key=lambda s: s != "text"), results, text_ready)
     else:
@@ -517,6 +517,22 @@ def train_all(cfg):
     return results
 
 
+class TextReady:
+    """The text encoder's state, shared by the two chains: wait() blocks until it is trained, then says if it was."""
+
+    def __init__(self):
+        import threading
+        self.event, self.ok = threading.Event(), False
+
+    def finish(self, ok):
+        self.ok = ok
+        self.event.set()
+
+    def wait(self):
+        self.event.wait()
+        return self.ok
+
+
 def run_chain(cfg, chain, results, text_ready):
     """Train the stages of one chain one after the other, each in its own one-thread process.
 
@@ -532,10 +548,8 @@ def run_chain(cfg, chain, results, text_ready):
                     "--manifest", cfg.data or os.path.join(TOY_DATA, "manifest.jsonl"), "--out", os.path.dirname(TOY_T5),
                     "--export-t5", TOY_T5]
         else:
-            if stage in TEXT_STAGES:
-                text_ready.wait()
-                if not (cfg.t5 or os.path.isdir(TOY_T5)) or getattr(text_ready, "failed", False):
-                    return
+            if stage in TEXT_STAGES and not text_ready.wait():
+                return
             args = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--scale", "toy", "--out", cfg.out,
                     "--seed", str(cfg.seed), "--workers", str(cfg.workers)] + (["--t5", cfg.t5] if cfg.t5 else [])
             for flag in ("data", "steps", "batch_size", "eval_every"):
@@ -546,8 +560,7 @@ def run_chain(cfg, chain, results, text_ready):
         with open(os.path.join(cfg.out, f"{name}.stdout.log"), "w") as log:
             done = subprocess.run(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         if stage == "text":
-            text_ready.failed = done.returncode != 0
-            text_ready.set()
+            text_ready.finish(ok=done.returncode == 0)
             results.append({"stage": "text encoder (MuLan text tower)", "seconds": time.time() - t0})
         if done.returncode != 0:
             print(f"train.py: {name} failed (exit {done.returncode}); see {cfg.out}/{name}.stdout.log", file=sys.stderr)
