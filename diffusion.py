@@ -348,18 +348,13 @@ def sample(eps_fn, x_T, deltas, schedule, gamma, generator=None, progress=None):
     x = x_T
     for n in _steps(len(times) - 1, progress):
         t, s = times[n], times[n - 1]
-        eps_hat = eps_fn(x, _time_batch(t, x))
+        t_batch = _time_batch(t, x)
+        eps_hat = eps_fn(x, t_batch)
         if n == 1:
-            return predict_x0(x, eps_hat, t, schedule)
+            return x0_from_eps(x, eps_hat, t_batch, schedule)
         c_x, c_eps, c_z = ancestral_coefficients(t, s, schedule, gamma)
         x = c_x * x - c_eps * eps_hat + c_z * _noise_like(x, generator)
     return x
-
-
-def predict_x0(x_t, eps_hat, t, schedule):
-    """x_hat = (x_t - sigma_t eps_hat) / alpha_t at a scalar time t (the data estimate)."""
-    _, _, alpha_t, _, sigma_t, _ = _step_terms(t, 0.0, schedule)
-    return (x_t - float(sigma_t) * eps_hat) / float(alpha_t)
 
 
 @torch.no_grad()
@@ -375,9 +370,10 @@ def ddim_sample(eps_fn, x_T, deltas, schedule, progress=None):
     x = x_T
     for n in _steps(len(times) - 1, progress):
         t, s = times[n], times[n - 1]
-        eps_hat = eps_fn(x, _time_batch(t, x))
+        t_batch = _time_batch(t, x)
+        eps_hat = eps_fn(x, t_batch)
         if n == 1:
-            return predict_x0(x, eps_hat, t, schedule)
+            return x0_from_eps(x, eps_hat, t_batch, schedule)
         _, _, alpha_t, alpha_s, sigma_t, sigma_s = _step_terms(t, s, schedule)
         # x_s = (alpha_s / alpha_t) x_t + (sigma_s - alpha_s sigma_t / alpha_t) eps_hat
         x = float(alpha_s / alpha_t) * x + float(sigma_s - alpha_s * sigma_t / alpha_t) * eps_hat

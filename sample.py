@@ -53,7 +53,8 @@ def build_parser():
 
 def _knob_fields(stage):
     """The Sampling fields that mean something for `stage` (the generators have no conditioning to noise)."""
-    has_input = cascade.stage_spec(stage).cond_rate or cascade.stage_spec(stage).aligned
+    spec = cascade.stage_spec(stage)
+    has_input = spec.cond_rate or spec.aligned
     return [f for f in dataclasses.fields(cascade.Sampling) if f.name != "aug" or has_input]
 
 

@@ -56,18 +56,24 @@ def prompt_pairs(n):
     return pairs
 
 
+# The corpus attribute behind each kind: (attribute, value of the higher word, of the lower word)
+ATTRIBUTES = {"tempo": ("tempo", "fast", "slow"), "register": ("instrument", "flute", "bass"), "drums": ("drums", True, False)}
+
+
+def real_groups(corpus):
+    """{kind: (clips of the higher word, clips of the lower word)}: the corpus manifest's entries."""
+    entries = data.read_manifest(os.path.join(corpus, "manifest.jsonl"))
+    return {kind: tuple([e for e in entries if e["attributes"].get(key) == v] for v in (hi, lo))
+            for kind, (key, hi, lo) in ATTRIBUTES.items()}
+
+
 def check_analyzer(corpus, n, rng, hiss=0.0):
     """Share of random real-clip pairs the analyzer orders correctly, per kind.
 
     hiss > 0 adds white noise of that RMS to every clip (the clips' RMS is 0.1).
     """
-    entries = data.read_manifest(os.path.join(corpus, "manifest.jsonl"))
-    attr = lambda e, k: e["attributes"].get(k)
-    groups = {"tempo": ([e for e in entries if attr(e, "tempo") == "fast"], [e for e in entries if attr(e, "tempo") == "slow"]),
-              "register": ([e for e in entries if attr(e, "instrument") == "flute"], [e for e in entries if attr(e, "instrument") == "bass"]),
-              "drums": ([e for e in entries if attr(e, "drums")], [e for e in entries if not attr(e, "drums")])}
     result = {}
-    for kind, (hi, lo) in groups.items():
+    for kind, (hi, lo) in real_groups(corpus).items():
         ok = 0
         for _ in range(n):
             a, b = hi[rng.integers(len(hi))], lo[rng.integers(len(lo))]
@@ -81,13 +87,10 @@ def check_analyzer(corpus, n, rng, hiss=0.0):
 
 def real_pairs(corpus, n, rng):
     """n random real-clip pairs per kind, in pair_scores' order: (clips at 16 kHz, their first captions)."""
-    entries = data.read_manifest(os.path.join(corpus, "manifest.jsonl"))
-    attr = lambda e, k: e["attributes"].get(k)
-    groups = {"tempo": ("tempo", "fast", "slow"), "register": ("instrument", "flute", "bass"), "drums": ("drums", True, False)}
+    groups = real_groups(corpus)
     clips, captions = [], []
     for kind in KINDS:
-        key, hi, lo = groups[kind]
-        pools = [[e for e in entries if attr(e, key) == v] for v in (hi, lo)]
+        pools = groups[kind]
         for _ in range(n):
             for pool in pools:
                 e = pool[rng.integers(len(pool))]
