@@ -203,6 +203,36 @@ def log_mel(wave, sample_rate=MEL_SAMPLE_RATE):
     return spec.numpy() if is_numpy else spec
 
 
+def griffin_lim(spec, iters=8):
+    """Audio from a normalized log-mel by Griffin-Lim: [... x 80 x F] -> [... x F * 160] at 16 kHz.
+
+    The inverse of `log_mel` up to phase: the mel power goes back to an STFT power by the
+    filterbank's pseudo-inverse (clamped at 0), and `iters` rounds of Griffin & Lim (1984) find a
+    phase consistent with it, from zero phase (deterministic). Frames are aligned with `log_mel`'s
+    (each centred 80 samples after its hop). bench/adherence.py uses it to hear the spectrogram
+    generator's output apart from the vocoder (on the toy corpus's real clips, pairs rendered
+    this way are told apart as well as the clips themselves).
+    """
+    window, fbank = _mel_constants(spec.dtype)
+    if ("pinv", spec.dtype) not in _MEL_CACHE:
+        _MEL_CACHE["pinv", spec.dtype] = torch.linalg.pinv(fbank.double()).to(spec.dtype)
+    pinv = _MEL_CACHE["pinv", spec.dtype].to(spec.device)
+    window = window.to(spec.device)
+    power = torch.clamp(pinv @ db_to_mel(denormalize_db(spec)), min=0.0)   # (..., 513, F)
+    magnitude = torch.nn.functional.pad(power.sqrt() * window.sum(), (0, 1))   # + a frame centred at T
+    lead, frames = spec.shape[:-2], spec.shape[-1]
+    magnitude = magnitude.reshape(-1, *magnitude.shape[-2:])
+    length = frames * MEL_HOP
+    stft = magnitude.to(torch.complex64 if spec.dtype != torch.float64 else torch.complex128)
+    for _ in range(iters + 1):
+        wave = torch.istft(stft, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, length=length)
+        if _ < iters:
+            rebuilt = torch.stft(wave, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, return_complex=True)
+            stft = magnitude * rebuilt / rebuilt.abs().clamp(min=1e-8)
+    wave = torch.nn.functional.pad(wave, (MEL_HOP // 2, 0))[..., :length]   # log_mel's frame f: centre 160 f + 80
+    return wave.reshape(*lead, length)
+
+
 # ----------------------------------------------------------------------------------------------
 # Manifests
 

@@ -66,21 +66,39 @@ def _linear_log_snr(t):
     return -torch.log(torch.expm1(1e-4 + 10.0 * t ** 2))
 
 
+def shifted(schedule, shift):
+    """The name of `schedule` with its log-SNR shifted by `shift` nats: "cosine" -> "cosine+3.219".
+
+    lambda'_t = lambda_t + shift is the schedule seen by data scaled by exp(shift / 2) (Kingma et
+    al., 2021; Hoogeboom et al., 2023, "shifted" schedules): a schedule built for data of unit
+    scale, applied to quieter data, spends most of its noise levels where the data is already
+    drowned. cascade.py shifts the toy waveform stages' schedules (see SNR_SHIFT there).
+    """
+    return schedule if not shift else f"{schedule}{shift:+.3f}"
+
+
+def parse_schedule(schedule):
+    """(base name, log-SNR shift) of a schedule name: "linear" -> ("linear", 0.0),
+    "cosine+3.219" -> ("cosine", 3.219)."""
+    match = re.fullmatch(r"([a-z]+)([+-]\d+(?:\.\d*)?)?", str(schedule))
+    if not match or match.group(1) not in SCHEDULES:
+        raise ValueError(f"unknown noise schedule {schedule!r}; expected one of {SCHEDULES}, "
+                         "optionally with a log-SNR shift such as 'cosine+3.2'")
+    return match.group(1), float(match.group(2) or 0.0)
+
+
 def log_snr(t, schedule):
     """lambda_t = ln(alpha_t^2 / sigma_t^2) of eq. 3 for a noise schedule of Appendix A.1.
 
     :param t: a tensor of times in [0, 1], any shape.
-    :param schedule: "cosine" (eq. 6) or "linear" (DDPM beta-linear, see `_linear_log_snr`).
+    :param schedule: "cosine" (eq. 6) or "linear" (DDPM beta-linear, see `_linear_log_snr`),
+        optionally shifted (`shifted`).
     :return: lambda_t, computed in float64 and cast back to t's dtype.
     """
     t = torch.as_tensor(t)
     t64 = t.to(torch.float64)
-    if schedule == "cosine":
-        lam = _cosine_log_snr(t64)
-    elif schedule == "linear":
-        lam = _linear_log_snr(t64)
-    else:
-        raise ValueError(f"unknown noise schedule {schedule!r}; expected one of {SCHEDULES}")
+    base, shift = parse_schedule(schedule)
+    lam = (_cosine_log_snr(t64) if base == "cosine" else _linear_log_snr(t64)) + shift
     return lam.to(t.dtype if t.is_floating_point() else torch.get_default_dtype())
 
 

@@ -54,6 +54,24 @@ def test_dtype_is_kept():
         D.log_snr(t, "quadratic")
 
 
+@pytest.mark.parametrize("schedule", D.SCHEDULES)
+def test_shifted_schedule_is_the_schedule_of_scaled_data(schedule):
+    """lambda + 2 ln k on x is the unshifted schedule on k x, renormalized (closed form)."""
+    k = 5.0
+    name = D.shifted(schedule, 2 * math.log(k))
+    assert D.parse_schedule(name) == (schedule, pytest.approx(2 * math.log(k), abs=1e-3))
+    assert D.shifted(schedule, 0.0) == schedule and D.parse_schedule(schedule) == (schedule, 0.0)
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    assert torch.allclose(D.log_snr(t, name) - D.log_snr(t, schedule), torch.full_like(t, 3.219), atol=1e-12)
+    x, eps = torch.randn(101, 1, 64, dtype=torch.float64), torch.randn(101, 1, 64, dtype=torch.float64)
+    alpha, sigma = (v[:, None, None] for v in D.alpha_sigma(t, schedule))
+    scaled = (alpha * k * x + sigma * eps) / (alpha ** 2 * k ** 2 + sigma ** 2).sqrt()
+    assert torch.allclose(D.q_sample(x, t, eps, f"{schedule}{2 * math.log(k):+.12f}"), scaled, atol=1e-9)
+    for bad in ("cosine+", "cosine*2", "sigmoid+1", "+1"):
+        with pytest.raises(ValueError):
+            D.log_snr(t, bad)
+
+
 def test_q_sample_broadcasts_over_batch():
     x0, eps = torch.randn(3, 2, 5), torch.randn(3, 2, 5)
     t = torch.tensor([0.0, 0.5, 1.0])

@@ -73,3 +73,15 @@ def test_conditioning_noise_knob_changes_the_output(ckpts, tmp_path):
         assert r.returncode == 0, r.stderr
         outs.append(sf.read(tmp_path / f"{aug}.wav")[0])
     assert not np.allclose(outs[0], outs[1])
+
+
+def test_a_checkpoint_samples_with_the_schedule_it_was_trained_with(ckpts, tmp_path):
+    """A checkpoint trained before the toy schedules were shifted keeps its own (unshifted) one."""
+    import torch
+    path = os.path.join(ckpts, "cascader.pt")
+    assert cascade.StageModel(path).spec.schedule == cascade.stage_spec("cascader").schedule == "linear+3.219"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["schedule"] = "linear"
+    torch.save(ckpt, tmp_path / "old.pt")
+    stage = cascade.StageModel(str(tmp_path / "old.pt"))
+    assert stage.spec.schedule == "linear" and stage.model.config.schedule == "linear"

@@ -1,4 +1,6 @@
 """The 1-D Efficient U-Net: shapes, routes, CFG dropout, gradients, overfitting, and Table 2's sizes."""
+import math
+
 import pytest
 import torch
 
@@ -159,3 +161,17 @@ def test_preconditioned_network_with_zero_output_is_the_gaussian_denoiser(stage)
     with torch.no_grad():
         eps = model(x, t, **kw)
     torch.testing.assert_close(eps, sigma * x / (sigma ** 2 + (alpha * cfg.data_std) ** 2), rtol=1e-5, atol=1e-6)
+
+
+def test_toy_waveform_stages_shift_their_noise_schedules():
+    """Toy waveform stages: Table 2's schedule shifted by 2 ln(0.5 / 0.1) (cascade.SNR_SHIFT), in
+    training, sampling and the preconditioning alike; the log-mel stage and `full` are unshifted."""
+    import diffusion
+    for stage in cascade.STAGES:
+        toy, full = cascade.stage_spec(stage, "toy"), cascade.stage_spec(stage, "full")
+        base, shift = diffusion.parse_schedule(toy.schedule)
+        assert base == full.schedule and diffusion.parse_schedule(full.schedule)[1] == 0.0
+        expected = 2 * math.log(5.0) if toy.output == "wave" else 0.0
+        assert shift == pytest.approx(expected, abs=1e-3)
+        assert cascade.unet_config(stage, "toy").schedule == toy.schedule
+        assert cascade.unet_config(stage, "full").schedule == full.schedule
