@@ -210,8 +210,8 @@ def griffin_lim(spec, iters=8):
     filterbank's pseudo-inverse (clamped at 0), and `iters` rounds of Griffin & Lim (1984) find a
     phase consistent with it, from zero phase (deterministic). Frames are aligned with `log_mel`'s
     (each centred 80 samples after its hop). bench/adherence.py uses it to hear the spectrogram
-    generator's output apart from the vocoder (on the toy corpus's real clips, pairs rendered
-    this way are told apart as well as the clips themselves).
+    generator's output apart from the vocoder: rendered from real clips' log-mels, pairs keep their
+    register and drums order as the clips do (100%), their tempo order 80% of the time.
     """
     window, fbank = _mel_constants(spec.dtype)
     if ("pinv", spec.dtype) not in _MEL_CACHE:
@@ -224,11 +224,11 @@ def griffin_lim(spec, iters=8):
     magnitude = magnitude.reshape(-1, *magnitude.shape[-2:])
     length = frames * MEL_HOP
     stft = magnitude.to(torch.complex64 if spec.dtype != torch.float64 else torch.complex128)
-    for _ in range(iters + 1):
+    wave = torch.istft(stft, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, length=length)
+    for _ in range(iters):           # keep the magnitude, take the phase of the audio made so far
+        rebuilt = torch.stft(wave, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, return_complex=True)
+        stft = magnitude * rebuilt / rebuilt.abs().clamp(min=1e-8)
         wave = torch.istft(stft, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, length=length)
-        if _ < iters:
-            rebuilt = torch.stft(wave, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, return_complex=True)
-            stft = magnitude * rebuilt / rebuilt.abs().clamp(min=1e-8)
     wave = torch.nn.functional.pad(wave, (MEL_HOP // 2, 0))[..., :length]   # log_mel's frame f: centre 160 f + 80
     return wave.reshape(*lead, length)
 

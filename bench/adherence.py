@@ -2,7 +2,7 @@
 
     python bench/adherence.py [--ckpt-dir checkpoints/toy] [--pairs 20] [--pipelines wave,spec]
                               [--corpus toy_data/corpus] [--out bench/results_adherence.md]
-                              [--from-real 10]
+                              [--from-real 10] [--knob STAGE.FIELD=VALUE ...]
 
 1. The analyzer (evaluate.py: onset rate, median pitch, percussive ratio) is first checked on the
    toy corpus's real clips: random pairs of fast/slow, bass/flute and drums/solo clips.
@@ -10,8 +10,8 @@
    generated (each clip with its own noise), and a pair counts as ordered correctly when the measurement
    puts them the right way round: onset rate fast > slow, pitch bass < flute, percussive ratio
    drums > solo. Target: at least 90% of pairs per kind. The first two stages' outputs are scored
-   too (the spectrogram generator's through data.griffin_lim, which on real clips' log-mels keeps
-   every pair apart), to show which stage loses the prompt.
+   too (the spectrogram generator's through data.griffin_lim, checked in step 1 on real clips'
+   log-mels), to show which stage loses the prompt.
 3. Every output is checked: finite, not silent, < 0.1% of samples clipped, of the requested length.
 4. Speed: seconds of computing per second of audio, per stage and in total.
 """
