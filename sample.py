@@ -43,12 +43,17 @@ def build_parser():
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.add_argument("--save-stages", action="store_true", help="also write each stage's output as sound and picture")
-    for stage in cascade.STAGES:                      # per-stage knobs, from the Sampling dataclass
+    add_knob_flags(p)
+    return p
+
+
+def add_knob_flags(p):
+    """--STAGE-FIELD for each stage and its `cascade.Sampling` fields (also used by bench/adherence.py)."""
+    for stage in cascade.STAGES:
         for f in _knob_fields(stage):
             kind = str if f.name == "schedule" else (int if f.name == "steps" else float)
             p.add_argument(f"--{stage}-{f.name}", type=kind, default=None,
                            help=f"{stage}: {f.name} (default: Table 3 / the checkpoint's scale)")
-    return p
 
 
 def _knob_fields(stage):
@@ -78,7 +83,13 @@ def parse_args(argv=None):
         p.error(f"--seconds must be in (0, {MAX_SECONDS:g}]")
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
-    args.knobs = {}
+    args.knobs = read_knobs(args, p)
+    return args, p
+
+
+def read_knobs(args, p):
+    """{stage: cascade.Sampling} from the flags of `add_knob_flags`, checked (p.error on a bad one)."""
+    knobs = {}
     for stage in cascade.STAGES:
         values = {f.name: getattr(args, f"{stage}_{f.name}".replace("-", "_")) for f in _knob_fields(stage)}
         if values["steps"] is not None and values["steps"] < 1:
@@ -92,8 +103,8 @@ def parse_args(argv=None):
         sched = values["schedule"]
         if sched and sched not in ("front-heavy", "back-heavy", "uniform") and not os.path.isfile(sched):
             p.error(f"--{stage}-schedule {sched}: not a schedule name or a file of deltas")
-        args.knobs[stage] = cascade.Sampling(**values)
-    return args, p
+        knobs[stage] = cascade.Sampling(**values)
+    return knobs
 
 
 def load_models(args, parser, device):

@@ -2,7 +2,7 @@
 
     python bench/adherence.py [--ckpt-dir checkpoints/toy] [--pairs 20] [--pipelines wave,spec]
                               [--corpus toy_data/corpus] [--out bench/results_adherence.md]
-                              [--from-real 10] [--knob STAGE.FIELD=VALUE ...]
+                              [--from-real 10] [sample.py's --STAGE-FIELD knobs, e.g. --cascader-gamma 0]
 
 1. The analyzer (evaluate.py: onset rate, median pitch, percussive ratio) is first checked on the
    toy corpus's real clips: random pairs of fast/slow, bass/flute and drums/solo clips.
@@ -16,7 +16,6 @@
 4. Speed: seconds of computing per second of audio, per stage and in total.
 """
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -152,7 +151,7 @@ def sanity(wave, seconds):
 def run_pipeline(args, pipeline, pairs):
     sys_args = argparse.Namespace(pipeline=pipeline, ckpt_dir=args.ckpt_dir)
     stages, text_encoder = sample.load_models(sys_args, argparse.ArgumentParser(), torch.device("cpu"))
-    knobs = {s: cascade.Sampling(**args.knobs.get(s, {})) for s in cascade.STAGES}
+    knobs = args.knobs
     prompts = [p for kind in KINDS for pair in pairs[kind] for p in pair]
     seconds = stages[cascade.PIPELINES[pipeline][0]].spec.clip_seconds
     waves, timings, stage_waves = [], {}, {}
@@ -163,18 +162,19 @@ def run_pipeline(args, pipeline, pairs):
         audio = cascade.cascade_generate(stages, text_encoder, batch, pipeline, seconds, args.seed + start, knobs,
                                          timings=timings, keep=keep)
         waves += [w.numpy() for w in audio]
-        for name, x in keep.items():             # intermediates; the log-mel heard through Griffin-Lim
+        for name, x in keep.items():             # the first two stages' outputs
             if name == "super-res":
                 continue
-            if stages[name].spec.output == "spec":
-                name, x = f"{name} output, Griffin-Lim", data.griffin_lim(x)[:, None]
-            stage_waves.setdefault(name, []).extend(w[0].numpy() for w in x)
+            spec = stages[name].spec
+            if spec.output == "spec":                # the log-mel, heard through Griffin-Lim
+                row, rate, x = f"{name} output, Griffin-Lim", data.MEL_SAMPLE_RATE, data.griffin_lim(x)[:, None]
+            else:
+                row, rate = f"{name} output", spec.sample_rate
+            stage_waves.setdefault((row, rate), []).extend(w[0].numpy() for w in x)
         print(f"  {pipeline}: {len(waves)}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
     results = {f"{pipeline} (24 kHz)": pair_scores(waves, 24000, pairs)}
-    for name, ws in stage_waves.items():
-        rate = stages[name].spec.sample_rate if name in stages else data.MEL_SAMPLE_RATE
-        label = f"{name} output" if name in stages else name
-        results[f"  {label} ({rate} Hz)"] = pair_scores(ws, rate, pairs)
+    for (row, rate), ws in stage_waves.items():
+        results[f"  {row} ({rate} Hz)"] = pair_scores(ws, rate, pairs)
     checks = [sanity(w, seconds) for w in waves]
     audio_seconds = seconds * len(prompts)
     speed = {k: v / audio_seconds for k, v in timings.items()}
@@ -193,24 +193,15 @@ def main():
     p.add_argument("--from-real", type=int, default=0,
                    help="also run the cascader / vocoder on this many real pairs per kind (their own fidelity)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
-    p.add_argument("--knob", action="append", default=[], metavar="STAGE.FIELD=VALUE",
-                   help="a sampling knob off its default, e.g. wave-generator.w=3 (repeatable)")
+    sample.add_knob_flags(p)                     # sample.py's --STAGE-FIELD knobs, default Table 3
     args = p.parse_args()
-    args.knobs = {}
-    for item in args.knob:
-        try:
-            key, value = item.split("=")
-            stage, name = key.rsplit(".", 1)
-            field = {f.name: f for f in dataclasses.fields(cascade.Sampling)}[name]
-            assert stage in cascade.STAGES
-            args.knobs.setdefault(stage, {})[name] = field.type(value)
-        except (ValueError, KeyError, AssertionError):
-            p.error(f"--knob {item!r}: expected STAGE.FIELD=VALUE, STAGE one of {', '.join(cascade.STAGES)} "
-                    f"and FIELD one of {', '.join(f.name for f in dataclasses.fields(cascade.Sampling))}")
+    args.knobs = sample.read_knobs(args, p)
+    moved = [f"--{stage}-{name} {value:g}" if isinstance(value, float) else f"--{stage}-{name} {value}"
+             for stage, knob in args.knobs.items() for name, value in vars(knob).items() if value is not None]
     torch.set_num_threads(args.threads)
     lines = [f"# Prompt adherence of {args.ckpt_dir} ({args.pairs} pairs per kind)", ""]
-    if args.knob:
-        lines += ["Sampling knobs off Table 3's defaults: " + ", ".join(args.knob), ""]
+    if moved:
+        lines += ["Sampling knobs off Table 3's defaults: " + " ".join(moved), ""]
     if os.path.isdir(args.corpus):
         real = check_analyzer(args.corpus, args.pairs, np.random.default_rng(args.seed))
         noisy = check_analyzer(args.corpus, args.pairs, np.random.default_rng(args.seed), hiss=0.01)

@@ -12,7 +12,6 @@ The CPU recipe is 16x4500; larger batches and more steps show whether adherence 
 training. Printed as a markdown table, with the training time of each run.
 """
 import argparse
-import dataclasses
 import os
 import sys
 import tempfile
@@ -49,18 +48,15 @@ def prepare(args):
 
 
 def pair_scores_at(stage, tokenizer, encoder, pairs, w, device):
-    scores = {}
-    for kind in adherence.KINDS:
-        prompts = [p for pair in pairs[kind] for p in pair]
-        ids, mask = tokenizer(prompts, stage.spec.token_len)
-        with torch.no_grad():
-            emb = encoder(ids.to(device), mask.to(device))
-            x = cascade.run_stage(stage, cascade.Sampling(w=w), (len(prompts), 1, stage.spec.length),
-                                  torch.Generator().manual_seed(0), emb, mask.to(device),
-                                  torch.zeros(len(prompts), dtype=torch.bool))
-        m = [adherence.measure(kind, v[0].float().cpu().numpy(), stage.spec.sample_rate) for v in x]
-        scores[kind] = float(np.mean(np.array(m[0::2]) > np.array(m[1::2])))
-    return scores
+    """bench/adherence.py's pair scores of the generator's own output at CFG scale w."""
+    prompts = [p for kind in adherence.KINDS for pair in pairs[kind] for p in pair]   # pair_scores' order
+    ids, mask = tokenizer(prompts, stage.spec.token_len)
+    with torch.no_grad():
+        emb = encoder(ids.to(device), mask.to(device))
+        x = cascade.run_stage(stage, cascade.Sampling(w=w), (len(prompts), 1, stage.spec.length),
+                              torch.Generator().manual_seed(0), emb, mask.to(device),
+                              torch.zeros(len(prompts), dtype=torch.bool))
+    return adherence.pair_scores([v[0].float().cpu().numpy() for v in x], stage.spec.sample_rate, pairs)
 
 
 def run(args):
