@@ -68,16 +68,26 @@ _FULL_UNETS = {
 
 # The toy presets: the same depths' roles (attention at the bottom, the vocoder's strides
 # multiplying to the 160-sample hop of a 100 fps spectrogram at 16 kHz), far smaller widths.
+# The waveform stages keep their width where the sound is: every depth of a U-Net runs at the rate
+# of the depth above divided by its stride, so a partial at f Hz lives only at the depths whose
+# rate exceeds 2f (the vocoder's second depth runs at 2 kHz: a flute's 700 Hz fundamental is
+# near its Nyquist limit and its harmonics above it; only the first, 8 kHz depth can hold them).
+# So the toy presets put their extra blocks and width at the top: the wave generator and the
+# cascader have width 32 and two blocks at their first two depths (was 16 / 32 and one block),
+# the vocoder 2, 3 and 2 blocks at its first three depths and width 32 from its second (was one
+# block each, 16 / 16 / 32). At equal steps this cut the wave generator's training loss from 0.145
+# to 0.115 (step 1500) and the vocoder's from 0.046 to 0.038 (step 4000), and the toy vocoder
+# renders flute log-mels with a pitch where the one-block vocoder made noise of them.
 _TOY_UNETS = {
-    "wave-generator": UNetConfig(16, 5, (4, 4, 4, 4), (1, 2, 4, 8), (1, 1, 1, 2), (F, F, F, T), (F, F, T, T), 4,
+    "wave-generator": UNetConfig(16, 5, (4, 4, 4, 4), (2, 2, 4, 8), (2, 2, 1, 2), (F, F, F, T), (F, F, T, T), 4,
                                  in_channels=1, text_dim=TOY_TEXT_DIM),
-    "cascader": UNetConfig(16, 5, (4, 4, 4), (1, 2, 4), (1, 1, 1), (F, F, F), (F, F, T), 4,
+    "cascader": UNetConfig(16, 5, (4, 4, 4), (2, 2, 4), (2, 2, 1), (F, F, F), (F, F, T), 4,
                            in_channels=1, cond_channels=1, text_dim=TOY_TEXT_DIM, aug_level=True),
     # base >= 80: the entry convolution is x_t's only way in, and a base narrower than the 80 mel
     # channels cannot even pass x_t through (a base of 48 left the loss stuck at ~0.3).
     "spec-generator": UNetConfig(96, 5, (2, 2, 2), (1, 1, 1), (1, 2, 2), (F, F, T), (F, T, T), 4,
                                  in_channels=80, text_dim=TOY_TEXT_DIM),
-    "vocoder": UNetConfig(16, 5, (2, 4, 4, 5), (1, 1, 2, 4), (1, 1, 1, 1), (F,) * 4, (F,) * 4, 4,
+    "vocoder": UNetConfig(16, 5, (2, 4, 4, 5), (1, 2, 2, 4), (2, 3, 2, 1), (F,) * 4, (F,) * 4, 4,
                           in_channels=1, aligned_channels=80, aligned_rate=160, aug_level=True),
     "super-res": UNetConfig(12, 5, (4, 4), (1, 2), (1, 1), (F, F), (F, F), 4,
                             in_channels=1, cond_channels=1, aug_level=True),
