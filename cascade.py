@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+import diffusion
 from unet1d import UNetConfig
 
 STAGES = ("wave-generator", "cascader", "spec-generator", "vocoder", "super-res")
@@ -168,7 +169,6 @@ SNR_SHIFT = 2 * math.log(DATA_STD["spec"] / DATA_STD["wave"])   # as if waves ha
 def _toy_spec(full: StageSpec) -> StageSpec:
     """Shrink a full-scale spec: 4 s clips, crops scaled by 4/30, half the tokens, fewer steps,
     and (waveform outputs) the shifted noise schedule."""
-    import diffusion
     k = TOY_CLIP_SECONDS / full.clip_seconds
     crop = tuple(round(c * k, 3) for c in full.crop_seconds)
     schedule = diffusion.shifted(full.schedule, SNR_SHIFT) if full.output == "wave" else full.schedule
@@ -300,7 +300,6 @@ class Sampling:
 
 def resolve_sampling(spec: StageSpec, knobs: Sampling):
     """(deltas, gamma, w, percentile) for a stage: the user's knobs over Table 3's defaults."""
-    import diffusion
     steps = knobs.steps or spec.steps
     name = knobs.schedule or spec.step_schedule
     if name in ("front-heavy", "back-heavy", "uniform"):
@@ -362,7 +361,6 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
 
     :param unconditional: a (B,) bool tensor: examples generated without text (empty prompts).
     """
-    import diffusion
     spec = stage.spec
     deltas, gamma, w, percentile = resolve_sampling(spec, knobs)
     drop = unconditional.to(stage.device) if unconditional is not None and text is not None else None
