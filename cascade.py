@@ -291,7 +291,7 @@ PIPELINES = {"wave": ("wave-generator", "cascader", "super-res"),
 class Sampling:
     """Per-stage inference knobs (Table 3); a field left at None takes the stage's default."""
     steps: int = None          # number of denoising steps
-    schedule: str = None       # "front-heavy", "back-heavy", "uniform", or a file of deltas
+    schedule: str = None       # a name of diffusion.STEP_SCHEDULES, or a file of deltas
     gamma: float = None        # eq. 4's stochasticity, in [0, 1]
     w: float = None            # CFG scale (1 = none)
     clip: float = None         # dynamic-clipping percentile of |x0| (0 = no clipping)
@@ -302,7 +302,7 @@ def resolve_sampling(spec: StageSpec, knobs: Sampling):
     """(deltas, gamma, w, percentile) for a stage: the user's knobs over Table 3's defaults."""
     steps = knobs.steps or spec.steps
     name = knobs.schedule or spec.step_schedule
-    if name in ("front-heavy", "back-heavy", "uniform"):
+    if name in diffusion.STEP_SCHEDULES:
         deltas = diffusion.step_schedule(name, steps, stage=spec.name)
     else:
         deltas = diffusion.load_deltas(name)

@@ -25,6 +25,7 @@ import soundfile as sf
 import torch
 
 import cascade
+import diffusion
 
 MAX_SECONDS = 600.0
 
@@ -101,8 +102,10 @@ def read_knobs(args, p):
         if values["clip"] is not None and not 0 <= values["clip"] < 1:
             p.error(f"--{stage}-clip must be a percentile in [0, 1) (0: no clipping)")
         sched = values["schedule"]
-        if sched and sched not in ("front-heavy", "back-heavy", "uniform") and not os.path.isfile(sched):
+        if sched and sched not in diffusion.STEP_SCHEDULES and not os.path.isfile(sched):
             p.error(f"--{stage}-schedule {sched}: not a schedule name or a file of deltas")
+        if sched == "back-heavy-eval" and stage != "spec-generator":
+            p.error(f"--{stage}-schedule back-heavy-eval: Table 7 gives that schedule for the spec-generator only")
         knobs[stage] = cascade.Sampling(**values)
     return knobs
 

@@ -58,10 +58,20 @@ def test_prompts_file_batches_and_names_outputs(ckpts, tmp_path):
 @pytest.mark.parametrize("args", [["x", "--seconds", "0"], ["x", "--seconds", "-1"], ["x", "--seconds", "1e9"],
                                   ["x", "--ckpt-dir", "/nonexistent"], [], ["x", "--cascader-gamma", "2"],
                                   ["x", "--vocoder-aug", "1.5"], ["x", "--wave-generator-aug", "0.1"],
+                                  ["x", "--cascader-schedule", "back-heavy-eval"], ["x", "--vocoder-schedule", "slow"],
                                   ["--prompts", "/nonexistent", "--out-dir", "o"]])
 def test_bad_input_exits_2_with_one_line(args):
     r = _run(*args)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_every_named_step_schedule_is_accepted():
+    """sample.py takes each of diffusion's schedule names, Table 7's evaluation list included."""
+    import sample
+    args, _ = sample.parse_args(["x", "--spec-generator-schedule", "back-heavy-eval", "--spec-generator-steps", "50"])
+    deltas, *_ = cascade.resolve_sampling(cascade.stage_spec("spec-generator"), args.knobs["spec-generator"])
+    assert len(deltas) == 50 and abs(sum(deltas) - 1) < 1e-9
+    assert deltas[0] > deltas[-1]          # back-heavy: small steps near t = 1, the end of the list
 
 
 def test_conditioning_noise_knob_changes_the_output(ckpts, tmp_path):
