@@ -146,7 +146,8 @@ _FULL_SPECS = {
 TOY_CLIP_SECONDS = 4.0
 # Fewer steps than Table 7, same schedules. The wave generator's 100 and the cascader's 40 (50 and 20
 # before) were set by bench/adherence.py: with 50 steps the wave generator's own output got 75% of
-# fast vs slow prompt pairs right, with 100 and 200 steps 95% (same noise; 95% on a second draw too).
+# fast vs slow prompt pairs right, with 100 and 200 steps 95% (same noise; 95% and 65% on two more
+# draws at 100).
 _TOY_STEPS = {"wave-generator": 100, "cascader": 40, "spec-generator": 50, "vocoder": 25, "super-res": 15}
 
 
