@@ -77,8 +77,8 @@ _FULL_UNETS = {
 # cascader have width 32 and two blocks at their first two depths (was 16 / 32 and one block),
 # the vocoder 2, 3 and 2 blocks at its first three depths and width 32 from its second (was one
 # block each, 16 / 16 / 32). At equal steps this cut the wave generator's training loss from 0.145
-# to 0.115 (step 1500) and the vocoder's from 0.046 to 0.038 (step 4000), and the toy vocoder
-# renders flute log-mels with a pitch where the one-block vocoder made noise of them.
+# to 0.115 (step 1500) and the vocoder's from 0.046 to 0.038 (step 4000). The toy vocoder still
+# does not render flute: from real flute log-mels it makes noise below 1 kHz (README, Results).
 _TOY_UNETS = {
     "wave-generator": UNetConfig(16, 5, (4, 4, 4, 4), (2, 2, 4, 8), (2, 2, 1, 2), (F, F, F, T), (F, F, T, T), 4,
                                  in_channels=1, text_dim=TOY_TEXT_DIM),

@@ -104,9 +104,12 @@ def read_knobs(args, p):
         sched = values["schedule"]
         if sched and sched not in diffusion.STEP_SCHEDULES and not os.path.isfile(sched):
             p.error(f"--{stage}-schedule {sched}: not a schedule name or a file of deltas")
-        if sched == "back-heavy-eval" and stage != "spec-generator":
-            p.error(f"--{stage}-schedule back-heavy-eval: Table 7 gives that schedule for the spec-generator only")
         knobs[stage] = cascade.Sampling(**values)
+        if sched:                   # the schedule as the sampler will read it: a file's numbers, a name's stage
+            try:
+                cascade.resolve_sampling(cascade.stage_spec(stage), knobs[stage])
+            except ValueError as e:
+                p.error(f"--{stage}-schedule {sched}: {e}")
     return knobs
 
 

@@ -65,6 +65,13 @@ def test_bad_input_exits_2_with_one_line(args):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
 
 
+def test_a_schedule_file_that_is_not_numbers_exits_2(tmp_path):
+    bad = tmp_path / "deltas.txt"
+    bad.write_text("0.5 abc\n")
+    r = _run("x", "--cascader-schedule", str(bad))
+    assert r.returncode == 2 and "step sizes must be numbers" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_table7_evaluation_schedule_is_accepted():
     """sample.py takes diffusion's fourth schedule name, Table 7's evaluation list of the spec-generator."""
     import sample
