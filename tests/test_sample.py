@@ -102,3 +102,32 @@ def test_a_checkpoint_samples_with_the_schedule_it_was_trained_with(ckpts, tmp_p
     torch.save(ckpt, tmp_path / "old.pt")
     stage = cascade.StageModel(str(tmp_path / "old.pt"))
     assert stage.spec.schedule == "linear" and stage.model.config.schedule == "linear"
+
+
+def test_spectrogram_generator_samples_without_dynamic_clipping():
+    """Its default percentile is 0 (none: cascade.py says why); the other stages keep 0.995."""
+    import diffusion
+    for scale in ("toy", "full"):
+        assert cascade.resolve_sampling(cascade.stage_spec("spec-generator", scale), cascade.Sampling())[3] is None
+        for stage in ("wave-generator", "cascader", "vocoder", "super-res"):
+            percentile = cascade.resolve_sampling(cascade.stage_spec(stage, scale), cascade.Sampling())[3]
+            assert percentile == diffusion.DEFAULT_CLIP_PERCENTILE
+    assert cascade.resolve_sampling(cascade.stage_spec("spec-generator"), cascade.Sampling(clip=0.9))[3] == 0.9
+
+
+def test_an_unclipped_generator_is_not_clipped(ckpts):
+    """run_stage applies the stage's default percentile: with clip 0 the estimate goes unclipped."""
+    import torch
+    import diffusion
+    stage = cascade.StageModel(os.path.join(ckpts, "spec-generator.pt"))
+    calls = []
+    original = diffusion.dynamic_clip
+    diffusion.dynamic_clip = lambda x0, p=diffusion.DEFAULT_CLIP_PERCENTILE: (calls.append(p), original(x0, p))[1]
+    try:
+        text = torch.zeros(1, 4, stage.model.config.text_dim)
+        mask = torch.ones(1, 4, dtype=torch.bool)
+        for knobs in (cascade.Sampling(steps=2), cascade.Sampling(steps=2, clip=0.995)):
+            cascade.run_stage(stage, knobs, (1, 80, 8), torch.Generator().manual_seed(0), text, mask)
+    finally:
+        diffusion.dynamic_clip = original
+    assert calls == [0.995, 0.995]        # only the second run (clip given) clipped, at both of its steps
