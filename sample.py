@@ -8,7 +8,8 @@
 Defaults follow Table 3 (step schedule, gamma, CFG scale w per stage) with the step counts of the
 checkpoint's scale (Table 7's lengths at full scale, fewer for the toy models); the sampler is
 eq. 4 (diffusion.sample) on the EMA weights, with classifier-free guidance followed by dynamic
-clipping of the implied x_0. Same prompt, seed and settings give the same audio on one machine.
+clipping of the implied x_0 (not for the spectrogram generator: cascade.py says why). Same prompt,
+seed and settings give the same audio on one machine.
 
 Choices: an empty prompt is generated unconditionally (the cross-attention output zeroed, as for
 the 10% of training examples without text), with a note on stderr. A prompt longer than the
