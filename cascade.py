@@ -150,7 +150,7 @@ _FULL_SPECS = {
 # range's floor (-1, -100 dB) is silence, a third of a toy clip's bins: under Table 3's w = 5 the
 # toy spectrogram generator's 99.5th percentile of |x0| is ~3 at every step, so clipping divided
 # its estimates by ~3 and filled the silence with a haze (97% of generated bins above -0.8, real
-# 69%) in which Griffin-Lim found no pitch. Without it (clip 0) the same checkpoint, heard through
+# 69%) in which pitch was at chance. Without it (clip 0) the same checkpoint, heard through
 # Griffin-Lim, orders 95% / 90% / 75% of tempo / register / drums prompt pairs right (75% / 55% /
 # 50% with clipping at 0.995; 85% / 85% / 75% with the estimate clamped to [-1, 1]), and the whole
 # spectrogram path 80% / 90% / 100% (65% / 50% / 100%; bench/adherence.py). The price: under w = 5

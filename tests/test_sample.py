@@ -115,19 +115,15 @@ def test_spectrogram_generator_samples_without_dynamic_clipping():
     assert cascade.resolve_sampling(cascade.stage_spec("spec-generator"), cascade.Sampling(clip=0.9))[3] == 0.9
 
 
-def test_an_unclipped_generator_is_not_clipped(ckpts):
+def test_an_unclipped_generator_is_not_clipped(ckpts, monkeypatch):
     """run_stage applies the stage's default percentile: with clip 0 the estimate goes unclipped."""
     import torch
     import diffusion
     stage = cascade.StageModel(os.path.join(ckpts, "spec-generator.pt"))
-    calls = []
-    original = diffusion.dynamic_clip
-    diffusion.dynamic_clip = lambda x0, p=diffusion.DEFAULT_CLIP_PERCENTILE: (calls.append(p), original(x0, p))[1]
-    try:
-        text = torch.zeros(1, 4, stage.model.config.text_dim)
-        mask = torch.ones(1, 4, dtype=torch.bool)
-        for knobs in (cascade.Sampling(steps=2), cascade.Sampling(steps=2, clip=0.995)):
-            cascade.run_stage(stage, knobs, (1, 80, 8), torch.Generator().manual_seed(0), text, mask)
-    finally:
-        diffusion.dynamic_clip = original
+    calls, original = [], diffusion.dynamic_clip
+    monkeypatch.setattr(diffusion, "dynamic_clip", lambda x0, p: (calls.append(p), original(x0, p))[1])
+    text = torch.zeros(1, 4, stage.model.config.text_dim)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    for knobs in (cascade.Sampling(steps=2), cascade.Sampling(steps=2, clip=0.995)):
+        cascade.run_stage(stage, knobs, (1, 80, 8), torch.Generator().manual_seed(0), text, mask)
     assert calls == [0.995, 0.995]        # only the second run (clip given) clipped, at both of its steps
