@@ -53,16 +53,19 @@ def add_knob_flags(p):
     """--STAGE-FIELD for each stage and its `cascade.Sampling` fields (also used by bench/adherence.py)."""
     for stage in cascade.STAGES:
         for f in _knob_fields(stage):
-            kind = str if f.name == "schedule" else (int if f.name == "steps" else float)
-            p.add_argument(f"--{stage}-{f.name}", type=kind, default=None,
-                           help=f"{stage}: {f.name} (default: Table 3 / the checkpoint's scale)")
+            kind = str if f.name == "schedule" else (int if f.name in ("steps", "keep_band") else float)
+            default = "Table 3 / the checkpoint's scale"
+            if f.name == "keep_band":
+                default = f"{int(cascade.stage_spec(stage).keep_band)}; 1 = the input's band is kept exactly"
+            p.add_argument(f"--{stage}-{f.name.replace('_', '-')}", type=kind, default=None,
+                           help=f"{stage}: {f.name} (default: {default})")
 
 
 def _knob_fields(stage):
-    """The Sampling fields that mean something for `stage` (the generators have no conditioning to noise)."""
+    """The Sampling fields that mean something for `stage` (aug: stages with an input; keep_band: the cascaders)."""
     spec = cascade.stage_spec(stage)
-    has_input = spec.cond_rate or spec.aligned
-    return [f for f in dataclasses.fields(cascade.Sampling) if f.name != "aug" or has_input]
+    has_input = {"aug": spec.cond_rate or spec.aligned, "keep_band": spec.cond_rate}
+    return [f for f in dataclasses.fields(cascade.Sampling) if has_input.get(f.name, True)]
 
 
 def parse_args(argv=None):
@@ -100,6 +103,8 @@ def read_knobs(args, p):
             p.error(f"--{stage}-gamma must be in [0, 1]")
         if values.get("aug") is not None and not 0 <= values["aug"] <= 1:
             p.error(f"--{stage}-aug must be a noise time in [0, 1]")
+        if values.get("keep_band") not in (None, 0, 1):
+            p.error(f"--{stage}-keep-band must be 0 or 1")
         if values["clip"] is not None and not 0 <= values["clip"] < 1:
             p.error(f"--{stage}-clip must be a percentile in [0, 1) (0: no clipping)")
         sched = values["schedule"]

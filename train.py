@@ -47,7 +47,7 @@ TOY_T5 = "checkpoints/toy/t5"                # the toy text encoder (text.py / p
 TOY_EXPORT = "checkpoints/toy"               # where `--stage all` writes the inference checkpoints
 # Toy steps and batch per stage: sized so that `--stage all` fits in under two hours on 2 CPU cores
 # (its two chains below take about 93 and 102 minutes).
-TOY_STEPS = {"wave-generator": 5500, "cascader": 3000, "spec-generator": 5000, "vocoder": 6000, "super-res": 1000}
+TOY_STEPS = {"wave-generator": 5500, "cascader": 3000, "spec-generator": 5000, "vocoder": 6000, "super-res": 3000}
 TOY_BATCH = {"wave-generator": 16, "cascader": 16, "spec-generator": 16, "vocoder": 16, "super-res": 16}
 
 
@@ -485,7 +485,7 @@ def main(argv=None):
 # "text" is the toy text encoder (the MuLan-style model's text tower); the stages that read text
 # wait for it, the vocoder (audio only) starts at once. Every stage trains on real audio (the
 # cascader's input is the real clip taken down to 3.2 kHz), so none waits for another, and the
-# chains are balanced by time: text 6 + wave generator ~85 + super-res 4 minutes against vocoder
+# chains are balanced by time: text 6 + wave generator ~85 + super-res 18 minutes against vocoder
 # 40 + spectrogram generator 36 + cascader 25.
 CHAINS = (("text", "wave-generator", "super-res"), ("vocoder", "spec-generator", "cascader"))
 TEXT_STAGES = ("wave-generator", "cascader", "spec-generator")

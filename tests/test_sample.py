@@ -127,3 +127,47 @@ def test_an_unclipped_generator_is_not_clipped(ckpts, monkeypatch):
     for knobs in (cascade.Sampling(steps=2), cascade.Sampling(steps=2, clip=0.995)):
         cascade.run_stage(stage, knobs, (1, 80, 8), torch.Generator().manual_seed(0), text, mask)
     assert calls == [0.995, 0.995]        # only the second run (clip given) clipped, at both of its steps
+
+
+def test_keep_input_band_takes_the_low_band_from_the_input():
+    """Below the input's Nyquist frequency the output is the input's spectrum, above it the stage's own."""
+    import torch
+    import data
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(2, 1, 2400, generator=gen)
+    cond = data.fft_resample(torch.randn(2, 1, 1600, generator=gen), 16000, 24000)
+    kept = cascade.keep_input_band(out, cond, 24000, 16000)
+    low = torch.fft.rfftfreq(2400, 1 / 24000) < 8000
+    K, O, C = (torch.fft.rfft(x.double()) for x in (kept, out, cond))
+    assert torch.allclose(K[..., low], C[..., low], atol=1e-6) and torch.allclose(K[..., ~low], O[..., ~low], atol=1e-6)
+    assert not torch.allclose(K[..., low], O[..., low], atol=1e-2)
+
+
+def test_super_res_keeps_its_input_band_by_default(ckpts):
+    """The super-res stage's default (cascade.py says why); --super-res-keep-band 0 turns it off; the
+    cascader's default is off."""
+    import torch
+    import data
+    assert cascade.stage_spec("super-res").keep_band and cascade.stage_spec("super-res", "full").keep_band
+    assert not cascade.stage_spec("cascader").keep_band
+    stage = cascade.StageModel(os.path.join(ckpts, "super-res.pt"))
+    cond = data.fft_resample(torch.randn(1, 1, 1600, generator=torch.Generator().manual_seed(1)), 16000, 24000)
+    low = torch.fft.rfftfreq(2400, 1 / 24000) < 8000
+    errors = []
+    for knobs in (cascade.Sampling(steps=2), cascade.Sampling(steps=2, keep_band=0)):
+        x = cascade.run_stage(stage, knobs, (1, 1, 2400), torch.Generator().manual_seed(0), cond=cond)
+        errors.append((torch.fft.rfft(x.double()) - torch.fft.rfft(cond.double()))[..., low].abs().max().item())
+    assert errors[0] < 1e-4 < errors[1]
+
+
+def test_keep_band_flag(capsys):
+    """--STAGE-keep-band exists for the two cascaders only and takes 0 or 1."""
+    import sample
+    args, _ = sample.parse_args(["x", "--super-res-keep-band", "0", "--cascader-keep-band", "1"])
+    assert args.knobs["super-res"].keep_band == 0 and args.knobs["cascader"].keep_band == 1
+    assert args.knobs["vocoder"].keep_band is None
+    for bad, message in ((["--super-res-keep-band", "2"], "must be 0 or 1"),
+                         (["--vocoder-keep-band", "1"], "unrecognized arguments")):
+        with pytest.raises(SystemExit) as e:
+            sample.parse_args(["x", *bad])
+        assert e.value.code == 2 and message in capsys.readouterr().err
