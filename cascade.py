@@ -163,12 +163,13 @@ _FULL_SPECS = {
 
 # keep_band: super-res replaces its output's band below 8 kHz by its input's (keep_input_band). Its
 # job is the band its 16 kHz input lacks, but a diffusion model resynthesizes the whole signal, and
-# the toy one adds onsets there: on 20 fast and 20 slow real clips taken to 16 kHz and back up, the
-# onset rate (evaluate.py) orders 99.8% of the 400 pairs right, the first toy super-res's output
-# 93.2% (mean onset-rate error 0.99 per second) and the current larger one's 95.8% (0.54); with the
-# input's low band kept, 99.3% and 99.8% (0.24 and 0.15, the plain up-sampling's 0.14). The band
-# above 8 kHz is not what moves the onsets: the larger model's own output low-passed at 8 kHz gets
-# 94.8%. Audio super-resolution models keep the input's band the same way (NU-Wave 2, AudioSR);
+# the toy one adds onsets there (bench/stage_tempo.py): on 20 fast and 20 slow real clips taken to
+# 16 kHz and back up, the onset rate (evaluate.py) orders 99.8% of the 400 pairs right, the first
+# toy super-res's output 93.2% (mean onset-rate error 0.99 per second) and the current larger one's
+# 95.8% (0.54); with the input's low band kept, 99.2% and 99.8% (0.24 and 0.15, the plain
+# up-sampling's 0.14). The band above 8 kHz is not what moves the onsets: the larger model's own
+# output low-passed at 8 kHz gets 94.8%. On the spectrogram path the register figure moved with
+# the model (README, Results: the vocoder renders flute as noise, whose pitch is arbitrary). Audio super-resolution models keep the input's band the same way (NU-Wave 2, AudioSR);
 # the paper does not say. `--super-res-keep-band 0` samples it as the paper's wiring alone would.
 TOY_CLIP_SECONDS = 4.0
 # Fewer steps than Table 7, same schedules. The wave generator's 200 and the cascader's 40 (50 and 20
