@@ -46,7 +46,7 @@ TOY_DATA = "toy_data/corpus"                 # the toy corpus, built on first us
 TOY_T5 = "checkpoints/toy/t5"                # the toy text encoder (text.py / pseudolabel.py)
 TOY_EXPORT = "checkpoints/toy"               # where `--stage all` writes the inference checkpoints
 # Toy steps and batch per stage: sized so that `--stage all` fits in under two hours on 2 CPU cores
-# (its two chains below take about 93 and 102 minutes).
+# (its two chains below take about 106 and 102 minutes).
 TOY_STEPS = {"wave-generator": 5500, "cascader": 3000, "spec-generator": 5000, "vocoder": 6000, "super-res": 3000}
 TOY_BATCH = {"wave-generator": 16, "cascader": 16, "spec-generator": 16, "vocoder": 16, "super-res": 16}
 
