@@ -169,8 +169,9 @@ _FULL_SPECS = {
 # 95.8% (0.54); with the input's low band kept, 99.2% and 99.8% (0.24 and 0.15, the plain
 # up-sampling's 0.14). The band above 8 kHz is not what moves the onsets: the larger model's own
 # output low-passed at 8 kHz gets 94.8%. On the spectrogram path the register figure moved with
-# the model (README, Results: the vocoder renders flute as noise, whose pitch is arbitrary). Audio super-resolution models keep the input's band the same way (NU-Wave 2, AudioSR);
-# the paper does not say. `--super-res-keep-band 0` samples it as the paper's wiring alone would.
+# the model (README, Results: the vocoder renders flute as noise, whose pitch is arbitrary). Audio
+# super-resolution models keep the input's band the same way (NU-Wave 2, AudioSR); the paper does
+# not say. `--super-res-keep-band 0` samples it as the paper's wiring alone would.
 TOY_CLIP_SECONDS = 4.0
 # Fewer steps than Table 7, same schedules. The wave generator's 200 and the cascader's 40 (50 and 20
 # at first, then 100 and 40) were set by bench/adherence.py: with 50 steps the wave generator's own

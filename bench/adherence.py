@@ -93,6 +93,13 @@ def check_analyzer(corpus, n, rng, hiss=0.0, griffin_lim=False):
     return result
 
 
+def load_clip(entry, rate, samples):
+    """A corpus clip FFT-resampled to `rate`, zero-padded or cut to `samples`: float32 [samples]."""
+    wave, r = data.decode_audio(entry["audio"])
+    wave = data.fft_resample(torch.tensor(wave, dtype=torch.float64), r, rate).float()
+    return torch.nn.functional.pad(wave, (0, max(0, samples - len(wave))))[:samples]
+
+
 def real_pairs(corpus, n, rng):
     """n random real-clip pairs per kind, in pair_scores' order: (clips at 16 kHz, their first captions)."""
     groups = real_groups(corpus)
@@ -102,9 +109,7 @@ def real_pairs(corpus, n, rng):
         for _ in range(n):
             for pool in pools:
                 e = pool[rng.integers(len(pool))]
-                wave, rate = data.decode_audio(e["audio"])
-                wave = data.fft_resample(torch.tensor(wave, dtype=torch.float64), rate, 16000).float()
-                clips.append(torch.nn.functional.pad(wave, (0, max(0, 64000 - len(wave))))[:64000])
+                clips.append(load_clip(e, 16000, 64000))
                 captions.append(e["captions"][0])
     return torch.stack(clips)[:, None], captions
 

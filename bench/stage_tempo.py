@@ -22,23 +22,15 @@ import cascade  # noqa: E402
 import data  # noqa: E402
 import evaluate  # noqa: E402
 import text  # noqa: E402
+from adherence import load_clip, real_groups  # noqa: E402  (bench/, this script's folder)
 
 
 def real_clips(corpus, n, rate, seed=0):
     """n fast then n slow real clips at `rate`, 4 s each, and their first captions."""
-    entries = data.read_manifest(os.path.join(corpus, "manifest.jsonl"))
     rng = np.random.default_rng(seed)
-    picks = []
-    for word in ("fast", "slow"):
-        pool = [e for e in entries if e["attributes"].get("tempo") == word]
-        picks += [pool[i] for i in rng.choice(len(pool), n, replace=False)]
+    picks = [pool[i] for pool in real_groups(corpus)["tempo"] for i in rng.choice(len(pool), n, replace=False)]
     length = round(cascade.TOY_CLIP_SECONDS * rate)
-    clips = []
-    for e in picks:
-        wave, r = data.decode_audio(e["audio"])
-        wave = data.fft_resample(torch.tensor(wave, dtype=torch.float64), r, rate)[:length].float()
-        clips.append(torch.nn.functional.pad(wave, (0, length - len(wave))))
-    return torch.stack(clips)[:, None], [e["captions"][0] for e in picks]
+    return torch.stack([load_clip(e, rate, length) for e in picks])[:, None], [e["captions"][0] for e in picks]
 
 
 def onset_rates(x, rate):
@@ -63,7 +55,8 @@ def run(stage, knobs, shape, batch=8, **route):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--stages", default="super-res,cascader,vocoder", help="comma-separated")
     p.add_argument("--clips", type=int, default=20, help="real clips of each tempo word")
     p.add_argument("--ckpt-dir", default="checkpoints/toy")
@@ -84,24 +77,25 @@ def main():
         clips, captions = real_clips(args.corpus, n, rate)
         real = onset_rates(clips, rate)
         report(f"real clips ({rate} Hz)", real, real, n)
-        if name == "super-res":
+        if stage.spec.cond_rate:        # super-res and the cascader: the clip taken down and back up
             cond = cascade.low_fidelity(clips.double(), rate, stage.spec.cond_rate).float()
+        if name == "super-res":
             report("FFT down to 16 kHz and back up", onset_rates(cond, rate), real, n)
+            real_share = 100 * high_share(clips, rate)
             for keep in (0, 1):
                 out = run(stage, cascade.Sampling(keep_band=keep), clips.shape, cond=cond)
                 report(f"super-res, keep_band {keep} (energy above 8 kHz {100 * high_share(out, rate):.1f}%, "
-                       f"real {100 * high_share(clips, rate):.1f}%)", onset_rates(out, rate), real, n)
+                       f"real {real_share:.1f}%)", onset_rates(out, rate), real, n)
         elif name == "cascader":
             tokenizer, encoder = text.load_t5(stage.t5)
             ids, mask = tokenizer(captions, stage.spec.token_len)
             with torch.no_grad():
                 emb = encoder(ids, mask).float()
-            cond = cascade.low_fidelity(clips.double(), rate, stage.spec.cond_rate).float()
             out = run(stage, cascade.Sampling(), clips.shape, cond=cond, text=emb, text_mask=mask)
             report("cascader (real 3.2 kHz input and caption)", onset_rates(out, rate), real, n)
-        else:
+        else:                           # 4 s at 16 kHz: the log-mel's 400 frames x 160 samples each
             mel = torch.stack([data.log_mel(c[0], rate) for c in clips])
-            out = run(stage, cascade.Sampling(), (len(clips), 1, mel.shape[-1] * 160), aligned=mel)[..., :clips.shape[-1]]
+            out = run(stage, cascade.Sampling(), clips.shape, aligned=mel)
             report("vocoder (real log-mel)", onset_rates(out, rate), real, n)
 
 
