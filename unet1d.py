@@ -51,6 +51,10 @@ Choices the paper leaves open, and how this file fills them (each is a simplific
     zero for the dropped examples (`drop_text`); `text=None` zeroes it for the whole batch.
   - Lengths the stride product does not divide (NOTES trap 5: 96,000 samples vs 4^6) are
     zero-padded at the end to the next multiple and the output is cropped back.
+An addition the paper does not have: `UNetConfig.dilation`, per depth a growth g such that the
+two convolutions of that depth's block b dilate by g^(2b) and g^(2b+1) (WaveGrad's and DiffWave's
+way of widening a waveform model's reach without more depth). g = 1 everywhere (the default, and
+every full-scale preset) is Appendix B's block; cascade.py says where a toy preset uses it.
 """
 import math
 from dataclasses import asdict, dataclass, fields
@@ -71,6 +75,7 @@ class UNetConfig:
     self_attn: tuple = (False, False, False, True, True, True)
     cross_attn: tuple = (False, False, False, True, True, True)
     heads: int = 8
+    dilation: tuple = ()        # per depth: growth g of the block convolutions' dilations (below); () = all 1
     in_channels: int = 1        # channels of x_t (and of the output eps): 1 for audio, 80 for a log-mel
     cond_channels: int = 0      # channels stacked with x_t (up-sampled low-fidelity audio)
     aligned_channels: int = 0   # channels of the aligned compressed input (80 for the vocoder)
@@ -81,10 +86,11 @@ class UNetConfig:
     schedule: str = ""          # the noise schedule, which the preconditioning reads alpha_t, sigma_t from
 
     def __post_init__(self):
-        for name in ("strides", "channel_mults", "blocks", "self_attn", "cross_attn"):
+        for name in ("strides", "channel_mults", "blocks", "self_attn", "cross_attn", "dilation"):
             setattr(self, name, tuple(getattr(self, name)))
         depth = len(self.strides)
-        for name in ("channel_mults", "blocks", "self_attn", "cross_attn"):
+        self.dilation = self.dilation or (1,) * depth
+        for name in ("channel_mults", "blocks", "self_attn", "cross_attn", "dilation"):
             if len(getattr(self, name)) != depth:
                 raise ValueError(f"UNetConfig.{name} must have one entry per depth ({depth})")
         if any(self.cross_attn) and self.text_dim <= 0:
@@ -163,14 +169,14 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """The convolutional block of Figure 5, with optional self- and cross-attention."""
 
-    def __init__(self, channels, cfg: UNetConfig, self_attn, cross_attn):
+    def __init__(self, channels, cfg: UNetConfig, self_attn, cross_attn, dilations=(1, 1)):
         super().__init__()
-        C, k = channels, cfg.kernel_size
+        C, k, (d1, d2) = channels, cfg.kernel_size, dilations
         self.combine = nn.Linear(cfg.base_dim, 2 * C)          # CombineEmb: time -> (scale, bias)
         self.norm1 = nn.GroupNorm(_groups(C), C)
-        self.conv1 = nn.Conv1d(C, C, k, padding=k // 2)
+        self.conv1 = nn.Conv1d(C, C, k, padding=d1 * (k // 2), dilation=d1)
         self.norm2 = nn.GroupNorm(_groups(C), C)
-        self.conv2 = nn.Conv1d(C, C, k, padding=k // 2)
+        self.conv2 = nn.Conv1d(C, C, k, padding=d2 * (k // 2), dilation=d2)
         self.residual = nn.Conv1d(C, C, 1)                     # the FC on the residual path
         self.self_attn = Attention(C, cfg.heads) if self_attn else None
         self.self_mlp = MLP(C) if self_attn else None
@@ -209,7 +215,9 @@ class UNet1D(nn.Module):
         self.up_blocks, self.up_sample = nn.ModuleList(), nn.ModuleList()
         for i, s in enumerate(cfg.strides):
             c_in, c = chans[i], chans[i + 1]
-            make = lambda: nn.ModuleList(Block(c, cfg, cfg.self_attn[i], cfg.cross_attn[i]) for _ in range(cfg.blocks[i]))
+            g = cfg.dilation[i]       # block b's convolutions dilate by g^(2b) and g^(2b+1)
+            make = lambda: nn.ModuleList(Block(c, cfg, cfg.self_attn[i], cfg.cross_attn[i], (g ** (2 * b), g ** (2 * b + 1)))
+                                         for b in range(cfg.blocks[i]))
             self.down_sample.append(nn.Conv1d(c_in, c, s, stride=s))
             self.down_blocks.append(make())
             self.up_blocks.append(make())

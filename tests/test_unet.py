@@ -175,3 +175,44 @@ def test_toy_waveform_stages_shift_their_noise_schedules():
         assert shift == pytest.approx(expected, abs=1e-3)
         assert cascade.unet_config(stage, "toy").schedule == toy.schedule
         assert cascade.unet_config(stage, "full").schedule == full.schedule
+
+
+def _reach(cfg, length=512, at=256):
+    """Samples of the output that the input at `at` reaches (the receptive field's width).
+
+    A NaN put there spreads to every output a convolution connects it to, however small the
+    weights; GroupNorm's statistics span the whole sequence, so the norms are taken out.
+    """
+    torch.manual_seed(0)
+    model = UNet1D(cfg).eval()
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.GroupNorm):
+                setattr(module, name, torch.nn.Identity())
+    x = torch.randn(1, 1, length)
+    x[..., at] = float("nan")
+    with torch.no_grad():
+        reached = model(x, torch.full((1,), 0.5))[0, 0].isnan().nonzero()
+    return int(reached.max() - reached.min()) + 1
+
+
+def test_dilation_widens_the_receptive_field_by_the_predicted_amount():
+    # One depth of stride 1 and two blocks of kernel 5, down and up: eight convolutions of reach
+    # 2 * d on each side, plus the entry and exit convolutions (kernel 3: 1 each). Undilated
+    # 2 * (8 * 2 + 2) + 1 = 37 samples; with g = 2 the dilations are 1, 2, 4, 8 on each path:
+    # 2 * (2 * 2 * 15 + 2) + 1 = 125.
+    base = dict(base_dim=8, kernel_size=5, strides=(1,), channel_mults=(1,), blocks=(2,), self_attn=(False,),
+                cross_attn=(False,), heads=1)
+    assert _reach(UNetConfig(**base)) == 37
+    assert _reach(UNetConfig(**base, dilation=(2,))) == 125
+    assert UNetConfig(**base).dilation == (1,)
+    with pytest.raises(ValueError, match="dilation"):
+        UNetConfig(**base, dilation=(2, 2))
+
+
+def test_config_without_dilation_loads_as_before():
+    d = cascade.unet_config("cascader", "toy").to_dict()
+    del d["dilation"]                                      # a checkpoint written before the field
+    cfg = UNetConfig.from_dict(d)
+    assert cfg.dilation == (1,) * len(cfg.strides)
+    assert all(b.conv1.dilation == (1,) and b.conv2.dilation == (1,) for blocks in UNet1D(cfg).down_blocks for b in blocks)
