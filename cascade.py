@@ -177,7 +177,7 @@ _FULL_SPECS = {
 # 95.8% (0.54); with the input's low band kept, 99.2% and 99.8% (0.24 and 0.15, the plain
 # up-sampling's 0.14). The band above 8 kHz is not what moves the onsets: the larger model's own
 # output low-passed at 8 kHz gets 94.8%. On the spectrogram path the register figure moved with
-# the model (README, Results: the vocoder renders flute as noise, whose pitch is arbitrary). Audio
+# the model (README, Results: the previous vocoder rendered flute as noise, of arbitrary pitch). Audio
 # super-resolution models keep the input's band the same way (NU-Wave 2, AudioSR); the paper does
 # not say. `--super-res-keep-band 0` samples it as the paper's wiring alone would.
 TOY_CLIP_SECONDS = 4.0
