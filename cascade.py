@@ -77,16 +77,17 @@ _FULL_UNETS = {
 # cascader have width 32 and two blocks at their first two depths (was 16 / 32 and one block),
 # the vocoder 2, 3 and 2 blocks at its first three depths and width 32 from its second (was one
 # block each, 16 / 16 / 32). At equal steps this cut the wave generator's training loss from 0.145
-# to 0.115 (step 1500) and the vocoder's from 0.046 to 0.038 (step 4000). That vocoder still did
-# not render flute: from real flute log-mels it made noise below 1 kHz. A sustained partial's phase
-# is not in the log-mel, so the denoiser must find it in x_t, which at high noise takes a long
-# window at a rate that holds the partial; its 8 kHz depth reached 32 samples (4 ms) and the
-# flute's fundamental (523-1319 Hz) does not fit the 2 kHz depth below it. The toy vocoder now has
-# strides 2, 2, 8, 5 (same product, 160; depths at 8 kHz, 4 kHz, 500 Hz, 100 Hz) and dilated
-# convolutions at its top two depths (unet1d.UNetConfig.dilation; 1, 2, 4, 8 at 8 kHz and 1 to 32
-# at 4 kHz, a reach of ~63 ms): on the spectrogram generator's log-mels of 20 flute / bass prompt
-# pairs (three draws) its own 16 kHz output orders 65% / 70% / 90% of pairs right (the previous
-# vocoder 50% / 55% / 60%; the strides alone, no dilation, 35% / 25% / 25%). README, Results.
+# to 0.115 (step 1500) and the vocoder's from 0.046 to 0.038 (step 4000). The toy vocoder still
+# does not render flute: from real flute log-mels it makes noise below 1 kHz. A sustained partial's
+# phase is not in the log-mel, so the denoiser must find it in x_t, which at high noise takes a long
+# window at a rate that holds the partial; the 8 kHz depth reaches 32 samples (4 ms) and a flute's
+# fundamental (523-1319 Hz) does not fit the 2 kHz depth. Measured and not shipped: strides 2, 2, 8,
+# 5 with dilations (unet1d.UNetConfig.dilation = (2, 2, 1, 1), ~63 ms at the 8 and 4 kHz depths),
+# trained the same 6000 steps. Its own 16 kHz output ordered more flute / bass pairs (real log-mels
+# 70% against 47%; generated 65 / 70 / 90% against 50 / 55 / 60%) and kept 94.2% of real tempo
+# pairs (80.5%), but the whole spectrogram path lost register at 24 kHz (60 / 60 / 70% against
+# 75 / 75 / 65%), FAD_MFCC rose from 4.9 to 7.9 and MuLan audio-text fell from 0.40 to 0.27, at
+# twice the time (README, Results).
 # Super-res has three depths, width 16 and two blocks at the top (was two depths, width 12, one
 # block: 0.02M parameters, 1000 training steps); see the note on keep_band below.
 _TOY_UNETS = {
@@ -98,7 +99,7 @@ _TOY_UNETS = {
     # channels cannot even pass x_t through (a base of 48 left the loss stuck at ~0.3).
     "spec-generator": UNetConfig(96, 5, (2, 2, 2), (1, 1, 1), (1, 2, 2), (F, F, T), (F, T, T), 4,
                                  in_channels=80, text_dim=TOY_TEXT_DIM),
-    "vocoder": UNetConfig(16, 5, (2, 2, 8, 5), (1, 2, 2, 4), (2, 3, 2, 1), (F,) * 4, (F,) * 4, 4, dilation=(2, 2, 1, 1),
+    "vocoder": UNetConfig(16, 5, (2, 4, 4, 5), (1, 2, 2, 4), (2, 3, 2, 1), (F,) * 4, (F,) * 4, 4,
                           in_channels=1, aligned_channels=80, aligned_rate=160, aug_level=True),
     "super-res": UNetConfig(16, 5, (4, 4, 4), (1, 2, 4), (2, 2, 1), (F,) * 3, (F,) * 3, 4,
                             in_channels=1, cond_channels=1, aug_level=True),
@@ -177,7 +178,7 @@ _FULL_SPECS = {
 # 95.8% (0.54); with the input's low band kept, 99.2% and 99.8% (0.24 and 0.15, the plain
 # up-sampling's 0.14). The band above 8 kHz is not what moves the onsets: the larger model's own
 # output low-passed at 8 kHz gets 94.8%. On the spectrogram path the register figure moved with
-# the model (README, Results: the previous vocoder rendered flute as noise, of arbitrary pitch). Audio
+# the model (README, Results: the vocoder renders flute as noise, whose pitch is arbitrary). Audio
 # super-resolution models keep the input's band the same way (NU-Wave 2, AudioSR); the paper does
 # not say. `--super-res-keep-band 0` samples it as the paper's wiring alone would.
 TOY_CLIP_SECONDS = 4.0

@@ -485,8 +485,8 @@ def main(argv=None):
 # "text" is the toy text encoder (the MuLan-style model's text tower); the stages that read text
 # wait for it, the vocoder (audio only) starts at once. Every stage trains on real audio (the
 # cascader's input is the real clip taken down to 3.2 kHz), so none waits for another, and the
-# chains are roughly balanced by time: text 6 + wave generator ~85 + super-res 18 minutes against
-# vocoder 78 (its dilated convolutions are slow on a CPU) + spectrogram generator 36 + cascader 25.
+# chains are balanced by time: text 6 + wave generator ~85 + super-res 18 minutes against vocoder
+# 40 + spectrogram generator 36 + cascader 25.
 CHAINS = (("text", "wave-generator", "super-res"), ("vocoder", "spec-generator", "cascader"))
 TEXT_STAGES = ("wave-generator", "cascader", "spec-generator")
 
