@@ -54,7 +54,7 @@ Choices the paper leaves open, and how this file fills them (each is a simplific
 An addition the paper does not have: `UNetConfig.dilation`, per depth a growth g such that the
 two convolutions of that depth's block b dilate by g^(2b) and g^(2b+1) (WaveGrad's and DiffWave's
 way of widening a waveform model's reach without more depth). g = 1 everywhere (the default, and
-every full-scale preset) is Appendix B's block; cascade.py says where a toy preset uses it.
+every preset) is Appendix B's block; cascade.py gives what a dilated toy vocoder measured.
 """
 import math
 from dataclasses import asdict, dataclass, fields

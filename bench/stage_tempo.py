@@ -20,9 +20,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cascade  # noqa: E402
 import data  # noqa: E402
-import evaluate  # noqa: E402
 import text  # noqa: E402
-from adherence import load_clip, real_groups  # noqa: E402  (bench/, this script's folder)
+from adherence import load_clip, measure, real_groups  # noqa: E402  (bench/, this script's folder)
 
 
 def real_clips(corpus, n, rate, seed=0):
@@ -34,7 +33,7 @@ def real_clips(corpus, n, rate, seed=0):
 
 
 def onset_rates(x, rate):
-    return np.array([evaluate.onset_rate(v[0].double().numpy(), rate) for v in x])
+    return np.array([measure("tempo", v[0].numpy(), rate) for v in x])
 
 
 def report(name, rates, real, n):
