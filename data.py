@@ -203,32 +203,61 @@ def log_mel(wave, sample_rate=MEL_SAMPLE_RATE):
     return spec.numpy() if is_numpy else spec
 
 
-def griffin_lim(spec, iters=8):
-    """Audio from a normalized log-mel by Griffin-Lim: [... x 80 x F] -> [... x F * 160] at 16 kHz.
+def mel_magnitude(spec):
+    """The STFT magnitude a normalized log-mel implies: [... x 80 x F] -> [... x 513 x F + 1].
 
-    The inverse of `log_mel` up to phase: the mel power goes back to an STFT power by the
-    filterbank's pseudo-inverse (clamped at 0), and `iters` rounds of Griffin & Lim (1984) find a
-    phase consistent with it, from zero phase (deterministic). Frames are aligned with `log_mel`'s
-    (each centred 80 samples after its hop). bench/adherence.py uses it to hear the spectrogram
-    generator's output apart from the vocoder: rendered from real clips' log-mels, pairs keep their
-    register and drums order as the clips do (100%), their tempo order 80% of the time.
+    The mel power goes back to an STFT power by the filterbank's pseudo-inverse (clamped at 0),
+    scaled as `mel_spectrogram` measures it; frame f is centred on sample 160 f + 80 of the audio
+    (`log_mel`'s frames), plus one frame centred at the end, for `torch.istft`.
     """
     window, fbank = _mel_constants(spec.dtype)
     if ("pinv", spec.dtype) not in _MEL_CACHE:
         _MEL_CACHE["pinv", spec.dtype] = torch.linalg.pinv(fbank.double()).to(spec.dtype)
     pinv = _MEL_CACHE["pinv", spec.dtype].to(spec.device)
-    window = window.to(spec.device)
     power = torch.clamp(pinv @ db_to_mel(denormalize_db(spec)), min=0.0)   # (..., 513, F)
-    magnitude = torch.nn.functional.pad(power.sqrt() * window.sum(), (0, 1))   # + a frame centred at T
+    return torch.nn.functional.pad(power.sqrt() * window.to(spec.device).sum(), (0, 1))
+
+
+def _with_magnitude(wave, magnitude):
+    """`wave` [N x T] (frames centred on 160 f) with its STFT magnitude replaced, its phase kept."""
+    window = _mel_constants(wave.dtype)[0].to(wave.device)
+    stft = torch.stft(wave, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, return_complex=True)
+    stft = magnitude * stft / stft.abs().clamp(min=1e-8)
+    return torch.istft(stft, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, length=wave.shape[-1])
+
+
+def project_to_mel(wave, spec):
+    """`wave` with the STFT magnitude of the log-mel `spec` and its own phase: one Griffin-Lim round.
+
+    wave [... x F * 160] at 16 kHz, spec [... x 80 x F]. The vocoder's sampler can apply it to
+    each step's estimate of x_0 (cascade.py, the note on mel projection; GLA-Grad, Liu et al. 2024).
+    """
+    lead, T = wave.shape[:-1], wave.shape[-1]
+    magnitude = mel_magnitude(spec).reshape(-1, MEL_NFFT // 2 + 1, spec.shape[-1] + 1)
+    shifted = torch.nn.functional.pad(wave.reshape(-1, T)[:, MEL_HOP // 2:], (0, MEL_HOP // 2))
+    out = _with_magnitude(shifted, magnitude.to(wave.dtype))
+    return torch.nn.functional.pad(out, (MEL_HOP // 2, 0))[:, :T].reshape(*lead, T)
+
+
+def griffin_lim(spec, iters=8):
+    """Audio from a normalized log-mel by Griffin-Lim: [... x 80 x F] -> [... x F * 160] at 16 kHz.
+
+    The inverse of `log_mel` up to phase: `mel_magnitude`, then `iters` rounds of Griffin & Lim
+    (1984) find a phase consistent with it, from zero phase (deterministic). Frames are aligned
+    with `log_mel`'s (each centred 80 samples after its hop). bench/adherence.py uses it to hear
+    the spectrogram generator's output apart from the vocoder: rendered from real clips' log-mels,
+    pairs keep their register and drums order as the clips do (100%), their tempo order 80% of
+    the time.
+    """
+    window = _mel_constants(spec.dtype)[0].to(spec.device)
     lead, frames = spec.shape[:-2], spec.shape[-1]
+    magnitude = mel_magnitude(spec)
     magnitude = magnitude.reshape(-1, *magnitude.shape[-2:])
     length = frames * MEL_HOP
     stft = magnitude.to(torch.complex64 if spec.dtype != torch.float64 else torch.complex128)
     wave = torch.istft(stft, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, length=length)
     for _ in range(iters):           # keep the magnitude, take the phase of the audio made so far
-        rebuilt = torch.stft(wave, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, return_complex=True)
-        stft = magnitude * rebuilt / rebuilt.abs().clamp(min=1e-8)
-        wave = torch.istft(stft, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, length=length)
+        wave = _with_magnitude(wave, magnitude)
     wave = torch.nn.functional.pad(wave, (MEL_HOP // 2, 0))[..., :length]   # log_mel's frame f: centre 160 f + 80
     return wave.reshape(*lead, length)
 

@@ -462,6 +462,25 @@ def clipped_eps_fn(eps_fn, schedule, percentile=DEFAULT_CLIP_PERCENTILE):
     return clipped
 
 
+def projected_eps_fn(eps_fn, schedule, project, above=0.0):
+    """Wrap eps_fn so that, at times t > above, its implied x_0 is replaced by project(x_0).
+
+    As in `clipped_eps_fn`, the returned eps is the one consistent with the projected x_0. The
+    vocoder uses it with data.project_to_mel (GLA-Grad, Liu et al. 2024; not in Noise2Music).
+
+    :param project: a callable x_0 -> x_0 of the same shape.
+    :param above: below or at this time (the batch's largest t) eps_fn is left alone.
+    """
+    def projected(x_t, t):
+        eps = eps_fn(x_t, t)
+        if float(t.max()) <= above:
+            return eps
+        x0 = x0_from_eps(x_t, eps, t, schedule)
+        alpha, sigma = alpha_sigma(t, schedule)
+        return eps + _expand((alpha / sigma).to(x_t.dtype), x_t) * (x0 - project(x0))
+    return projected
+
+
 def guided_eps_fn(eps_pair_fn, w, schedule, percentile=DEFAULT_CLIP_PERCENTILE):
     """Classifier-free guidance then dynamic clipping, as one eps_fn(x_t, t) for the samplers.
 

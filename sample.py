@@ -57,6 +57,9 @@ def add_knob_flags(p):
             default = "Table 3 / the checkpoint's scale"
             if f.name == "keep_band":
                 default = f"{int(cascade.stage_spec(stage).keep_band)}; 1 = the input's band is kept exactly"
+            if f.name == "project":
+                default = (f"{cascade.stage_spec(stage).project:g} at toy scale, 1 = never at full; x_0 estimates "
+                           "take the log-mel's magnitude at times above it")
             p.add_argument(f"--{stage}-{f.name.replace('_', '-')}", type=kind, default=None,
                            help=f"{stage}: {f.name} (default: {default})")
 
@@ -64,7 +67,7 @@ def add_knob_flags(p):
 def _knob_fields(stage):
     """The Sampling fields that mean something for `stage` (aug: stages with an input; keep_band: the cascaders)."""
     spec = cascade.stage_spec(stage)
-    has_input = {"aug": spec.cond_rate or spec.aligned, "keep_band": spec.cond_rate}
+    has_input = {"aug": spec.cond_rate or spec.aligned, "keep_band": spec.cond_rate, "project": spec.aligned}
     return [f for f in dataclasses.fields(cascade.Sampling) if has_input.get(f.name, True)]
 
 
@@ -103,6 +106,8 @@ def read_knobs(args, p):
             p.error(f"--{stage}-gamma must be in [0, 1]")
         if values.get("aug") is not None and not 0 <= values["aug"] <= 1:
             p.error(f"--{stage}-aug must be a noise time in [0, 1]")
+        if values.get("project") is not None and not 0 <= values["project"] <= 1:
+            p.error(f"--{stage}-project must be a time in [0, 1] (1: never)")
         if values.get("keep_band") not in (None, 0, 1):
             p.error(f"--{stage}-keep-band must be 0 or 1")
         if values["clip"] is not None and not 0 <= values["clip"] < 1:

@@ -1,5 +1,6 @@
 """Tests for data.py (sections 3.3, 3.6, 4.1), the toy corpus and evaluate.py's measurements."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -470,3 +471,21 @@ def test_griffin_lim_inverts_log_mel_up_to_phase():
         assert back.pow(2).mean().sqrt() == pytest.approx(wave.pow(2).mean().sqrt(), rel=0.1)
     silence = data.griffin_lim(torch.full((2, 80, 10), -1.0))
     assert silence.shape == (2, 1600) and silence.abs().max() < 1e-3
+
+
+def test_project_to_mel_takes_the_magnitude_and_keeps_the_phase():
+    """A steady 440 Hz tone projected onto the log-mel of a 0.25 s burst of the same tone, 3x as
+    loud: the result is that burst (same timing and loudness; the tone's phase, which both share),
+    its log-mel near the target's; batch axes pass through."""
+    t = torch.arange(16000) / 16000
+    tone = torch.sin(2 * math.pi * 440 * t + 0.3)
+    burst = ((t > 0.25) & (t < 0.5)).float()
+    target = 0.3 * tone * burst
+    out = data.project_to_mel(0.1 * tone, data.log_mel(target))
+    assert out.shape == target.shape
+    assert float((out * target).sum() / (out.norm() * target.norm())) > 0.97
+    assert float(out[4400:7600].std() / target[4400:7600].std()) == pytest.approx(1.0, abs=0.1)
+    assert float((out * (1 - burst)).pow(2).sum() / out.pow(2).sum()) < 0.03
+    assert (data.log_mel(out) - data.log_mel(target)).abs().mean() < 0.05
+    batch = data.project_to_mel(torch.stack([0.1 * tone, 0.2 * tone])[:, None], data.log_mel(torch.stack([target, target])))
+    assert batch.shape == (2, 1, 16000) and torch.allclose(batch[0, 0], out, atol=1e-5)

@@ -308,6 +308,20 @@ def test_sampler_times_and_progress():
     assert torch.allclose(torch.stack([t[0] for t in seen]).double(), expected)
 
 
+def test_projected_eps_fn_replaces_x0_above_its_time():
+    """Above `above`, the implied x_0 is project(x_0) exactly; at or below it eps is untouched."""
+    c = torch.linspace(-0.3, 0.3, 8, dtype=torch.float64)[None, None]
+    eps_fn = lambda x_t, t: 0.5 * x_t
+    wrapped = D.projected_eps_fn(eps_fn, "linear", lambda x0: c.expand_as(x0), above=0.2)
+    x_t = torch.randn(3, 1, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for t in (0.9, 0.3):
+        tb = torch.full((3,), t, dtype=torch.float64)
+        torch.testing.assert_close(D.x0_from_eps(x_t, wrapped(x_t, tb), tb, "linear"), c.expand_as(x_t))
+    for t in (0.2, 0.05):
+        tb = torch.full((3,), t, dtype=torch.float64)
+        assert torch.equal(wrapped(x_t, tb), eps_fn(x_t, tb))
+
+
 # ----------------------------------------------------------------------------------------------
 # Classifier-free guidance and dynamic clipping
 

@@ -179,3 +179,50 @@ def test_toy_spectrogram_generator_guides_less_than_table3():
     assert cascade.stage_spec("spec-generator", "toy").w == 3.0
     for stage in ("wave-generator", "cascader", "vocoder", "super-res"):
         assert cascade.stage_spec(stage, "toy").w == cascade.stage_spec(stage, "full").w
+
+
+def test_project_flag(capsys):
+    """--vocoder-project exists for the vocoder only and takes a time in [0, 1]."""
+    import sample
+    args, _ = sample.parse_args(["x", "--vocoder-project", "0.5"])
+    assert args.knobs["vocoder"].project == 0.5 and args.knobs["super-res"].project is None
+    for bad, message in ((["--vocoder-project", "1.5"], "must be a time in [0, 1]"),
+                         (["--cascader-project", "0.5"], "unrecognized arguments")):
+        with pytest.raises(SystemExit) as e:
+            sample.parse_args(["x", *bad])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_vocoder_mel_projection(ckpts):
+    """Projected at every step, even the one-step-trained vocoder's output has its log-mel's
+    magnitude (mel error a fraction of the unprojected one's); the toy default projects, full does not."""
+    import torch
+    import data
+    assert cascade.stage_spec("vocoder", "full").project == 1.0 and cascade.stage_spec("vocoder").project < 1
+    assert all(cascade.stage_spec(s, scale).project == 1.0 for s in cascade.STAGES if s != "vocoder"
+               for scale in ("toy", "full"))
+    stage = cascade.StageModel(os.path.join(ckpts, "vocoder.pt"))
+    t = torch.arange(8000) / 16000
+    mel = data.log_mel(0.1 * torch.sin(2 * 3.14159 * 523.25 * t) * (t < 0.3))[None]   # (1, 80, 50)
+    errors = []
+    for project in (0.0, 1.0):
+        x = cascade.run_stage(stage, cascade.Sampling(steps=3, project=project), (1, 1, 8000),
+                              torch.Generator().manual_seed(0), aligned=mel)
+        errors.append(float((data.log_mel(x[0, 0]) - mel[0]).abs().mean()))
+    assert errors[0] < 0.3 * errors[1], errors
+
+
+def test_mel_projection_limits_the_peak():
+    """Projected onto a log-mel louder than full scale, a clip is scaled down to the peak limit;
+    a quiet one is left as project_to_mel makes it."""
+    import math
+    import torch
+    import data
+    t = torch.arange(8000) / 16000
+    tone = torch.sin(2 * math.pi * 440 * t)[None, None]
+    x0 = torch.cat([0.1 * tone, 0.1 * tone])
+    mel = data.log_mel(torch.cat([3.0 * tone, 0.2 * tone])[:, 0])
+    out = cascade.mel_projection(mel)(x0)
+    assert float(out[0].abs().max()) == pytest.approx(cascade.MEL_PROJECTION_PEAK, rel=1e-5)
+    plain = data.project_to_mel(x0, mel)
+    assert float(plain[0].abs().max()) > 2 and torch.allclose(out[1], plain[1])
