@@ -8,8 +8,10 @@
 Defaults follow Table 3 (step schedule, gamma, CFG scale w per stage) with the step counts of the
 checkpoint's scale (Table 7's lengths at full scale, fewer for the toy models); the sampler is
 eq. 4 (diffusion.sample) on the EMA weights, with classifier-free guidance followed by dynamic
-clipping of the implied x_0 (not for the spectrogram generator: cascade.py says why). Same prompt,
-seed and settings give the same audio on one machine.
+clipping of the implied x_0 (not for the spectrogram generator: cascade.py says why). The toy
+vocoder also projects each x_0 estimate onto its log-mel's magnitude (`--vocoder-project`; not in
+the paper: cascade.py's note on mel projection). Same prompt, seed and settings give the same
+audio on one machine.
 
 Choices: an empty prompt is generated unconditionally (the cross-attention output zeroed, as for
 the 10% of training examples without text), with a note on stderr. A prompt longer than the
@@ -65,7 +67,8 @@ def add_knob_flags(p):
 
 
 def _knob_fields(stage):
-    """The Sampling fields that mean something for `stage` (aug: stages with an input; keep_band: the cascaders)."""
+    """The Sampling fields that mean something for `stage` (aug: stages with an input; keep_band: the
+    cascaders; project: the vocoder)."""
     spec = cascade.stage_spec(stage)
     has_input = {"aug": spec.cond_rate or spec.aligned, "keep_band": spec.cond_rate, "project": spec.aligned}
     return [f for f in dataclasses.fields(cascade.Sampling) if has_input.get(f.name, True)]
