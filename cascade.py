@@ -8,7 +8,10 @@ Two pipelines share the last stage (Figure 1 of the paper, figure-cascade.png):
 This file holds, per stage and per scale, everything that differs between stages: the U-Net
 of Table 8 (`unet_config`), and the training and inference settings of Tables 2, 3 and 7
 (`stage_spec`). `full` is the paper; `toy` shrinks widths, depths, clip lengths and step counts
-so that the whole cascade trains on a 2-core CPU in minutes, through the same code.
+so that the whole cascade trains on a 2-core CPU in minutes, through the same code. Not in the
+paper, each measured in the notes below: super-res keeps its input's band (both scales), and at
+toy scale the spectrogram generator samples at w = 3 and the vocoder projects its x_0 estimates
+onto its log-mel's magnitude (`mel_projection`, GLA-Grad).
 
 Parameter counts at `full` (`python cascade.py`, built on the meta device), assuming a T5-large
 text encoder (d_model = 1024; the paper does not name the T5 size, NOTES trap 4):
