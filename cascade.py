@@ -438,10 +438,11 @@ class StageModel:
 def mel_projection(mel, peak=MEL_PROJECTION_PEAK):
     """x_0 -> x_0 with the STFT magnitude of the log-mel `mel` (B, 80, F) and its own phase, scaled
     down per clip where its peak would exceed `peak` (see the note on mel projection above)."""
-    from data import project_to_mel
+    from data import mel_magnitude, project_to_mel
+    magnitude = mel_magnitude(mel)                # the same at every step
 
     def project(x0):
-        y = project_to_mel(x0, mel.to(x0.dtype))
+        y = project_to_mel(x0, mel, magnitude.to(x0.dtype))
         top = y.abs().amax(dim=(-2, -1), keepdim=True)
         return y * (peak / top.clamp(min=peak))
     return project

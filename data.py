@@ -226,14 +226,16 @@ def _with_magnitude(wave, magnitude):
     return torch.istft(stft, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, length=wave.shape[-1])
 
 
-def project_to_mel(wave, spec):
+def project_to_mel(wave, spec, magnitude=None):
     """`wave` with the STFT magnitude of the log-mel `spec` and its own phase: one Griffin-Lim round.
 
     wave [... x F * 160] at 16 kHz, spec [... x 80 x F]. The vocoder's sampler can apply it to
-    each step's estimate of x_0 (cascade.py, the note on mel projection; GLA-Grad, Liu et al. 2024).
+    each step's estimate of x_0 (cascade.py, the note on mel projection; GLA-Grad, Liu et al. 2024),
+    passing `magnitude` = mel_magnitude(spec), computed once for all the steps.
     """
     lead, T = wave.shape[:-1], wave.shape[-1]
-    magnitude = mel_magnitude(spec).reshape(-1, MEL_NFFT // 2 + 1, spec.shape[-1] + 1)
+    magnitude = mel_magnitude(spec) if magnitude is None else magnitude
+    magnitude = magnitude.reshape(-1, MEL_NFFT // 2 + 1, spec.shape[-1] + 1)
     shifted = torch.nn.functional.pad(wave.reshape(-1, T)[:, MEL_HOP // 2:], (0, MEL_HOP // 2))
     out = _with_magnitude(shifted, magnitude.to(wave.dtype))
     return torch.nn.functional.pad(out, (MEL_HOP // 2, 0))[:, :T].reshape(*lead, T)
