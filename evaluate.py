@@ -150,18 +150,24 @@ def _periods(nsdf, lo, hi, threshold=0.9, voiced=0.5):
     return np.where(best >= voiced, lo + j + offset, np.nan)
 
 
+PITCH_RATE = 16000   # median_pitch measures every clip at this rate
+
+
 def median_pitch(wave, sample_rate, fmin=30.0, fmax=1600.0):
     """Median fundamental frequency as a MIDI number (float), over voiced, non-quiet frames.
 
-    Audio below 16 kHz is first FFT-resampled to 16 kHz (exact for band-limited audio), so that
-    short periods get enough lags. Frames hold two periods of fmin; frames more than 20 dB below
-    the loudest are ignored. Returns nan when no frame is voiced.
+    Every clip is first FFT-resampled to 16 kHz (exact for band-limited audio, and fmax is far
+    below 8 kHz), so that short periods get enough lags and the same audio measures the same at
+    any rate: frames are 2048 samples (128 ms, at least two periods of fmin), which at the clip's
+    own rate would be 85 ms at 24 kHz, and on clips mixing a flute with a kick the two frame
+    lengths disagreed by up to 5 semitones. Frames more than 20 dB below the loudest are ignored.
+    Returns nan when no frame is voiced.
     """
     import data
 
     wave = np.asarray(wave, dtype=np.float64)
-    if sample_rate < 16000:
-        wave, sample_rate = data.fft_resample(wave, sample_rate, 16000), 16000
+    if sample_rate != PITCH_RATE:
+        wave, sample_rate = data.fft_resample(wave, sample_rate, PITCH_RATE), PITCH_RATE
     n = 2 ** int(math.ceil(math.log2(2 * sample_rate / fmin)))
     if len(wave) < n:
         wave = np.pad(wave, (0, n - len(wave)))

@@ -401,6 +401,15 @@ def test_bass_clips_are_lower_than_flute_clips(rate):
     assert bass.max() < 53 and np.median(flute) > 71 and np.median(flute) - np.median(bass) > 24
 
 
+def test_median_pitch_is_the_same_at_any_rate():
+    """The same audio measures alike at 24 and 16 kHz. Flutes with drums are the hard case: with
+    frames of a fixed sample count (85 ms at 24 kHz, 128 ms at 16 kHz) the second of these clips
+    measured 82.97 at 24 kHz and 78.03 at 16 kHz."""
+    at24 = _measure(evaluate.median_pitch, 24000, n=3, seed=11, instrument="flute", drums=True)
+    at16 = _measure(evaluate.median_pitch, 16000, n=3, seed=11, instrument="flute", drums=True)
+    assert np.all(np.isfinite(at24)) and np.abs(at24 - at16).max() < 0.05
+
+
 def test_drum_clips_are_more_percussive_than_solo_ones():
     drums = _measure(evaluate.percussive_ratio, 24000, drums=True, seed=5)
     solo = _measure(evaluate.percussive_ratio, 24000, drums=False, seed=6)
