@@ -153,7 +153,7 @@ def mel_spectrogram(wave):
     """Power mel spectrogram of 16 kHz audio: [... x T] tensor -> [... x 80 x T // 160]."""
     if wave.shape[-1] < MEL_HOP:
         raise ValueError(f"need at least {MEL_HOP} samples for one frame, got {wave.shape[-1]}")
-    window, fbank = _mel_constants(wave.dtype)
+    window, fbank = (c.to(wave.device) for c in _mel_constants(wave.dtype))
     lead = wave.shape[:-1]
     x = wave.reshape(-1, 1, wave.shape[-1])  # (N, 1, T)
     pad = (MEL_NFFT - MEL_HOP) // 2
