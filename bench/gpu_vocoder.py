@@ -1,7 +1,7 @@
 """Does the toy vocoder still need the mel projection when trained far longer? (issue [sample], GPU)
 
-    python bench/gpu_vocoder.py [--minutes 4] [--batch 64] [--variants shipped,dilated] [--pairs 20]
-                                [--out runs/gpu_vocoder] [--device cuda]
+    python bench/gpu_vocoder.py [--minutes 4] [--batch 256] [--variants preset,dilated] [--pairs 20]
+                                [--extra NAME=CKPT] [--out runs/gpu_vocoder] [--device cuda]
 
 The shipped toy vocoder is trained for 6000 steps of 16 clips on a CPU and samples with the mel
 projection (cascade.py, _TOY_PROJECT); unprojected it renders flute as noise. This trains each
@@ -16,7 +16,7 @@ mean absolute log-mel error of the output against its input (the log-mel's range
 
 The training clips are the toy corpus's 2000 captioned clips, rendered in memory with the draws
 `python data.py toy` makes (seed 0) and FFT-resampled to 16 kHz, so the GPU machine needs neither
-the corpus files nor soundfile. Variants: `shipped` (the toy preset) and `dilated` (strides 2, 2,
+the corpus files nor soundfile. Variants: `preset` (the toy preset, as shipped) and `dilated` (strides 2, 2,
 8, 5 with dilations (2, 2, 1, 1) at its 8 and 4 kHz depths, session 8's trial; cascade.py).
 Everything lands in --out: a markdown table (gpu_vocoder.md), each variant's run folder (its
 checkpoint loads with cascade.StageModel and sample.py --ckpt-dir) and each process's log.
@@ -48,7 +48,7 @@ import toy_corpus  # noqa: E402
 import train  # noqa: E402
 
 STAGE = "vocoder"
-VARIANTS = {"shipped": {}, "dilated": {"strides": (2, 2, 8, 5), "dilation": (2, 2, 1, 1)}}
+VARIANTS = {"preset": {}, "dilated": {"strides": (2, 2, 8, 5), "dilation": (2, 2, 1, 1)}}
 EVAL_ATTRS = {"tempo": ("tempo", "fast", "slow"), "register": ("instrument", "flute", "bass"),
               "drums": ("drums", True, False)}      # the same order as adherence.KINDS
 
@@ -69,7 +69,8 @@ def render(jobs, workers):
     import multiprocessing
 
     _render.tunes = toy_corpus.load_tunes()
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # one thread per process: 16 processes of 16 torch threads each took 149 s for 2000 clips, 5 s this way
+    with multiprocessing.get_context("fork").Pool(workers, torch.set_num_threads, (1,)) as pool:
         return pool.map(_render, jobs, chunksize=16)
 
 
@@ -101,7 +102,7 @@ def train_variant(args):
     use_clips(args.data)
     cascade._TOY_UNETS[STAGE] = dataclasses.replace(cascade._TOY_UNETS[STAGE], **VARIANTS[args.variant])
     base = dict(stage=STAGE, batch_size=args.batch, workers=args.workers, eval_every=0, device=args.device)
-    probe = os.path.join(args.out, "probe")
+    probe = tempfile.mkdtemp(prefix=f"probe_{args.variant}_")
     train.train_stage(train.TrainConfig(out=probe, steps=60, log_every=60, ckpt_every=10**9, **base), STAGE)
     with open(os.path.join(probe, f"{STAGE}.log.jsonl")) as f:
         rate = json.loads(f.readlines()[-1])["steps_per_s"]
@@ -132,13 +133,15 @@ def score(stage, clips, project, device, batch=64):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=4.0, help="training time per variant (all run at once)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--variants", default="shipped,dilated", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--variants", default="preset,dilated", help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--clips", type=int, default=2000, help="training clips (the corpus's first N)")
     p.add_argument("--pairs", type=int, default=20, help="held-out real pairs per kind")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes per variant")
     p.add_argument("--render-workers", type=int, default=os.cpu_count())
     p.add_argument("--shipped", default=os.path.join(ROOT, "checkpoints/toy/vocoder.pt"))
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
+                   help="also measure this vocoder checkpoint (e.g. one an earlier run trained)")
     p.add_argument("--out", default="runs/gpu_vocoder")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--train-variant", dest="variant", help=argparse.SUPPRESS)
@@ -177,6 +180,10 @@ def main():
         print(rows[-1], flush=True)
 
     report("shipped checkpoint", cascade.StageModel(args.shipped, device), "16 x 6000 (CPU)")
+    for item in args.extra:
+        name, ckpt = item.split("=", 1)
+        stage = cascade.StageModel(ckpt, device)
+        report(name, stage, f"step {stage.step} (--extra)")
     for v, proc in procs.items():
         if proc.wait() != 0:
             rows.append(f"| {v} | failed (exit {proc.returncode}; {v}.log) |")
