@@ -62,7 +62,8 @@ def test_prompts_file_batches_and_names_outputs(ckpts, tmp_path):
                                   ["--prompts", "/nonexistent", "--out-dir", "o"]])
 def test_bad_input_exits_2_with_one_line(args):
     r = _run(*args)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("sample.py: error: "), r.stderr
 
 
 def test_a_schedule_file_that_is_not_numbers_exits_2(tmp_path):
