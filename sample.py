@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     p = _Parser(description="Generate music from text with the Noise2Music cascade.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prompt", nargs="?", help="the text prompt (or use --prompts FILE)")
     p.add_argument("--prompts", help="a file of prompts, one per line")
     p.add_argument("--out", default="sample.wav", help="output WAV for a single prompt")
