@@ -657,11 +657,19 @@ def _positive(kind):
     return parse
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with bad input as one line on stderr and exit status 2 (argparse's own error prints the
+    whole usage first). Every command line of the project uses it; its subcommands inherit it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def build_parser():
     """The command line: `toy` (synthesize the toy corpus), `tunes`, `check`."""
     import toy_corpus
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="data.py", description="Noise2Music data: the toy corpus and real-audio manifests.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     toy_corpus.add_arguments(sub.add_parser(
@@ -678,7 +686,7 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point; user mistakes exit 2 with one line, as argparse does."""
+    """Entry point; user mistakes exit 2 with one line."""
     import toy_corpus
 
     parser = build_parser()
@@ -700,6 +708,7 @@ if __name__ == "__main__":
 
 # ------------------------------------------------------------------------------------------------
 # Command lines built from dataclasses (train.py, evaluate.py, pseudolabel.py)
+
 
 def add_dataclass_flags(parser, cls):
     """One flag per field of dataclass `cls` (--snake-case), with its default and metadata["help"].

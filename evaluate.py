@@ -1207,8 +1207,8 @@ def folder_embeddings(files, embed, seconds):
 # Command line
 
 def build_parser():
-    from data import add_dataclass_flags as add_fields
-    parser = argparse.ArgumentParser(prog="evaluate.py", description=(
+    from data import OneLineParser, add_dataclass_flags as add_fields
+    parser = OneLineParser(prog="evaluate.py", description=(
         "Noise2Music evaluation (sections 4.3-4.6): audio measurements, FAD, MuLan similarity, the toy "
         "results (Tables 5, 6) and the inference ablations (Figures 2, 3)."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

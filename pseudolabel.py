@@ -1011,7 +1011,7 @@ def evaluate_retrieval(cfg: EvalConfig):
 
 def build_parser():
     from data import add_dataclass_flags as add_fields
-    parser = argparse.ArgumentParser(prog="pseudolabel.py", description=(
+    parser = data.OneLineParser(prog="pseudolabel.py", description=(
         "A small MuLan-style audio-text model and the pseudo-labelling of section 3.5."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_fields(sub.add_parser("train", help="train the two towers (and export the toy T5)", description=(

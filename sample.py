@@ -28,21 +28,15 @@ import soundfile as sf
 import torch
 
 import cascade
+import data
 import diffusion
 
 MAX_SECONDS = 600.0
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad input is one line on stderr and exit status 2 (argparse's own error prints the whole usage first)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
-
-
 def build_parser():
-    p = _Parser(description="Generate music from text with the Noise2Music cascade.",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = data.OneLineParser(description="Generate music from text with the Noise2Music cascade.",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prompt", nargs="?", help="the text prompt (or use --prompts FILE)")
     p.add_argument("--prompts", help="a file of prompts, one per line")
     p.add_argument("--out", default="sample.wav", help="output WAV for a single prompt")

@@ -780,9 +780,9 @@ def run(args):
 
 def main(argv=None):
     """`python toy_corpus.py --out DIR ...`, the same as `python data.py toy --out DIR ...`."""
-    import argparse
+    from data import OneLineParser
 
-    parser = argparse.ArgumentParser(prog="data.py toy", description=CLI_DESCRIPTION)
+    parser = OneLineParser(prog="data.py toy", description=CLI_DESCRIPTION)
     add_arguments(parser)
     run(parser.parse_args(argv))
 

@@ -81,7 +81,7 @@ class TrainConfig:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Train a stage of the Noise2Music cascade (section 4.1).")
+    parser = data.OneLineParser(description="Train a stage of the Noise2Music cascade (section 4.1).")
     data.add_dataclass_flags(parser, TrainConfig)
     args = parser.parse_args(argv)
     if args.stage not in cascade.STAGES + ("all",):

@@ -454,6 +454,15 @@ def test_command_lines(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("args", [["train.py", "--stage", "nope"], ["evaluate.py", "nope"], ["data.py", "nope"],
+                                  ["pseudolabel.py", "train", "--no-such-flag"], ["data.py", "toy", "--clips", "x"],
+                                  ["sample.py", "x", "--seconds", "-1"]])
+def test_every_command_line_says_a_bad_flag_in_one_line(args):
+    bad = _run(*args)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert bad.stderr.startswith(f"{args[0]}") and "error:" in bad.stderr, bad.stderr
+
+
 def test_tune_asset_is_small_and_vocabulary_free():
     assert os.path.getsize(toy_corpus.TUNES_PATH) < 2 * 1024 * 1024
     tunes = toy_corpus.load_tunes()
