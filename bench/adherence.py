@@ -3,6 +3,7 @@
     python bench/adherence.py [--ckpt-dir checkpoints/toy] [--pairs 20] [--pipelines wave,spec]
                               [--corpus toy_data/corpus] [--out bench/results_adherence.md]
                               [--from-real 10] [sample.py's --STAGE-FIELD knobs, e.g. --cascader-gamma 0]
+                              [--save-audio FILE] [--rescore FILE]
 
 1. The analyzer (evaluate.py: onset rate, median pitch, percussive ratio) is first checked on the
    toy corpus's real clips: --pairs random clips of each word (fast/slow, flute/bass, drums/solo),
@@ -15,6 +16,8 @@
    log-mels), to show which stage loses the prompt.
 3. Every output is checked: finite, not silent, < 0.1% of samples clipped, of the requested length.
 4. Speed: seconds of computing per second of audio, per stage and in total.
+`--save-audio FILE` keeps the generated clips; `--rescore FILE` scores them again (with the same --pairs)
+without generating, e.g. after a change to the analyzer.
 """
 import argparse
 import os
@@ -177,13 +180,31 @@ def run_pipeline(args, pipeline, pairs):
                 row, rate = f"{name} output", spec.sample_rate
             stage_waves.setdefault((row, rate), []).extend(w[0].numpy() for w in x)
         print(f"  {pipeline}: {len(waves)}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
-    results = {f"{pipeline} (24 kHz)": pair_scores(waves, 24000, pairs)}
-    for (row, rate), ws in stage_waves.items():
-        results[f"  {row} ({rate} Hz)"] = pair_scores(ws, rate, pairs)
-    checks = [sanity(w, seconds) for w in waves]
     audio_seconds = seconds * len(prompts)
     speed = {k: v / audio_seconds for k, v in timings.items()}
-    return results, checks, speed
+    return {"seconds": seconds, "final": waves, "stages": stage_waves}, speed
+
+
+def score_audio(pipeline, audio, pairs):
+    """Pair scores of a pipeline's 24 kHz output and of its first two stages' outputs, and sanity checks."""
+    results = {f"{pipeline} (24 kHz)": pair_scores(audio["final"], 24000, pairs)}
+    for (row, rate), ws in audio["stages"].items():
+        results[f"  {row} ({rate} Hz)"] = pair_scores(ws, rate, pairs)
+    return results, [sanity(w, audio["seconds"]) for w in audio["final"]]
+
+
+def save_audio(path, audio):
+    """{pipeline: generated audio} as float32 arrays, for --rescore (float16 could tip a borderline pitch)."""
+    stack = lambda ws: np.stack(ws).astype(np.float32)
+    torch.save({p: {"seconds": a["seconds"], "final": stack(a["final"]),
+                    "stages": {key: stack(ws) for key, ws in a["stages"].items()}} for p, a in audio.items()}, path)
+
+
+def load_audio(path):
+    saved = torch.load(path, weights_only=False)
+    full = lambda ws: [w.astype(np.float32) for w in ws]
+    return {p: {"seconds": a["seconds"], "final": full(a["final"]),
+                "stages": {key: full(ws) for key, ws in a["stages"].items()}} for p, a in saved.items()}
 
 
 def main():
@@ -198,9 +219,14 @@ def main():
     p.add_argument("--from-real", type=int, default=0,
                    help="also run the cascader / vocoder on this many real pairs per kind (their own fidelity)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
+    p.add_argument("--save-audio", metavar="FILE", help="also store the generated audio here")
+    p.add_argument("--rescore", metavar="FILE", help="score audio stored by --save-audio instead of generating "
+                   "(the same --pairs; to try another analyzer)")
     sample.add_knob_flags(p)                     # sample.py's --STAGE-FIELD knobs, default Table 3
     args = p.parse_args()
     args.knobs = sample.read_knobs(args, p)
+    if args.rescore and not os.path.isfile(args.rescore):
+        p.error(f"--rescore {args.rescore}: no such file")
     moved = [f"--{stage}-{name} {value:g}" if isinstance(value, float) else f"--{stage}-{name} {value}"
              for stage, knob in args.knobs.items() for name, value in vars(knob).items() if value is not None]
     torch.set_num_threads(args.threads)
@@ -221,9 +247,18 @@ def main():
     lines += ["Generated pairs (one word changed; each clip its own noise):", "", "| pipeline | " + " | ".join(
         f"{k} ({KINDS[k][1]} vs {KINDS[k][2]})" for k in KINDS) + " | finite | not silent | max clipped | length ok |",
         "|---" * (len(KINDS) + 5) + "|"]
-    speeds = []
+    speeds, generated = [], load_audio(args.rescore) if args.rescore else {}
     for pipeline in args.pipelines.split(","):
-        results, checks, speed = run_pipeline(args, pipeline, pairs)
+        if args.rescore:
+            if pipeline not in generated:
+                p.error(f"--rescore {args.rescore} holds no {pipeline} audio")
+            if len(generated[pipeline]["final"]) != 2 * len(KINDS) * args.pairs:
+                p.error(f"--rescore {args.rescore} holds {len(generated[pipeline]['final'])} {pipeline} clips, "
+                        f"not {2 * len(KINDS) * args.pairs} (--pairs {args.pairs})")
+            speed = {}
+        else:
+            generated[pipeline], speed = run_pipeline(args, pipeline, pairs)
+        results, checks = score_audio(pipeline, generated[pipeline], pairs)
         if args.from_real and os.path.isdir(args.corpus):
             results.update(second_stage_from_real(args, pipeline, args.from_real))
         for row, scores in results.items():
@@ -232,13 +267,18 @@ def main():
                     f" | {max(c['clipped'] for c in checks):.4%} | {all(c['length_ok'] for c in checks)} |"
                     if row.startswith(pipeline) else " | | | | |")
             lines.append(f"| {row} | " + " | ".join(f"{scores[k]:.0%}" for k in KINDS) + sane)
-        speeds.append((pipeline, speed))
+        if speed:
+            speeds.append((pipeline, speed))
+    if args.save_audio:
+        save_audio(args.save_audio, generated)
     if args.from_real:
         lines += ["", f"Rows 'from real inputs': the second stage alone on {args.from_real} random pairs of real clips "
                   "per kind (the cascader on the clip taken down to 3.2 kHz, with its first caption; the vocoder on "
                   "the clip's log-mel)."]
-    lines += ["", "Seconds of computing per second of audio (this CPU, default steps, batch "
-              f"{args.batch}, {torch.get_num_threads()} threads):", "", "| pipeline | per stage | total |", "|---|---|---|"]
+    if speeds:
+        lines += ["", "Seconds of computing per second of audio (this CPU, default steps, batch "
+                  f"{args.batch}, {torch.get_num_threads()} threads):", "", "| pipeline | per stage | total |",
+                  "|---|---|---|"]
     for pipeline, speed in speeds:
         lines.append(f"| {pipeline} | " + ", ".join(f"{k} {v:.2f}" for k, v in speed.items())
                      + f" | {sum(speed.values()):.2f} |")
