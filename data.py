@@ -140,20 +140,23 @@ def mel_filterbank(n_mels=MEL_BINS, n_fft=MEL_NFFT, sample_rate=MEL_SAMPLE_RATE,
 _MEL_CACHE = {}
 
 
-def _mel_constants(dtype):
-    """Window and filterbank as tensors of `dtype`, built once."""
-    if dtype not in _MEL_CACHE:
-        window = torch.hann_window(MEL_WIN, periodic=True, dtype=torch.float64)
-        fbank = torch.from_numpy(mel_filterbank())
-        _MEL_CACHE[dtype] = (window.to(dtype), fbank.to(dtype))
-    return _MEL_CACHE[dtype]
+def _mel_constants(dtype, device="cpu"):
+    """Window, filterbank and the filterbank's pseudo-inverse as tensors of `dtype` on `device`,
+    built once for each (the pseudo-inverse of the `dtype` filterbank, in float64 on the CPU)."""
+    key = (dtype, torch.device(device))
+    if key not in _MEL_CACHE:
+        window = torch.hann_window(MEL_WIN, periodic=True, dtype=torch.float64).to(dtype)
+        fbank = torch.from_numpy(mel_filterbank()).to(dtype)
+        pinv = torch.linalg.pinv(fbank.double()).to(dtype)
+        _MEL_CACHE[key] = tuple(c.to(device) for c in (window, fbank, pinv))
+    return _MEL_CACHE[key]
 
 
 def mel_spectrogram(wave):
     """Power mel spectrogram of 16 kHz audio: [... x T] tensor -> [... x 80 x T // 160]."""
     if wave.shape[-1] < MEL_HOP:
         raise ValueError(f"need at least {MEL_HOP} samples for one frame, got {wave.shape[-1]}")
-    window, fbank = (c.to(wave.device) for c in _mel_constants(wave.dtype))
+    window, fbank, _ = _mel_constants(wave.dtype, wave.device)
     lead = wave.shape[:-1]
     x = wave.reshape(-1, 1, wave.shape[-1])  # (N, 1, T)
     pad = (MEL_NFFT - MEL_HOP) // 2
@@ -210,17 +213,14 @@ def mel_magnitude(spec):
     scaled as `mel_spectrogram` measures it; frame f is centred on sample 160 f + 80 of the audio
     (`log_mel`'s frames), plus one frame centred at the end, for `torch.istft`.
     """
-    window, fbank = _mel_constants(spec.dtype)
-    if ("pinv", spec.dtype) not in _MEL_CACHE:
-        _MEL_CACHE["pinv", spec.dtype] = torch.linalg.pinv(fbank.double()).to(spec.dtype)
-    pinv = _MEL_CACHE["pinv", spec.dtype].to(spec.device)
+    window, _, pinv = _mel_constants(spec.dtype, spec.device)
     power = torch.clamp(pinv @ db_to_mel(denormalize_db(spec)), min=0.0)   # (..., 513, F)
-    return torch.nn.functional.pad(power.sqrt() * window.to(spec.device).sum(), (0, 1))
+    return torch.nn.functional.pad(power.sqrt() * window.sum(), (0, 1))
 
 
 def _with_magnitude(wave, magnitude):
     """`wave` [N x T] (frames centred on 160 f) with its STFT magnitude replaced, its phase kept."""
-    window = _mel_constants(wave.dtype)[0].to(wave.device)
+    window = _mel_constants(wave.dtype, wave.device)[0]
     stft = torch.stft(wave, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, return_complex=True)
     stft = magnitude * stft / stft.abs().clamp(min=1e-8)
     return torch.istft(stft, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, length=wave.shape[-1])
@@ -251,7 +251,7 @@ def griffin_lim(spec, iters=8):
     pairs keep their register and drums order as the clips do (100%), their tempo order 80% of
     the time.
     """
-    window = _mel_constants(spec.dtype)[0].to(spec.device)
+    window = _mel_constants(spec.dtype, spec.device)[0]
     lead, frames = spec.shape[:-2], spec.shape[-1]
     magnitude = mel_magnitude(spec)
     magnitude = magnitude.reshape(-1, *magnitude.shape[-2:])
@@ -708,7 +708,6 @@ if __name__ == "__main__":
 
 # ------------------------------------------------------------------------------------------------
 # Command lines built from dataclasses (train.py, evaluate.py, pseudolabel.py)
-
 
 def add_dataclass_flags(parser, cls):
     """One flag per field of dataclass `cls` (--snake-case), with its default and metadata["help"].

@@ -201,10 +201,10 @@ def save_audio(path, audio):
 
 
 def load_audio(path):
+    """The inverse of `save_audio`: each stacked array back to a list of clips."""
     saved = torch.load(path, weights_only=False)
-    full = lambda ws: [w.astype(np.float32) for w in ws]
-    return {p: {"seconds": a["seconds"], "final": full(a["final"]),
-                "stages": {key: full(ws) for key, ws in a["stages"].items()}} for p, a in saved.items()}
+    return {p: {"seconds": a["seconds"], "final": list(a["final"]),
+                "stages": {key: list(ws) for key, ws in a["stages"].items()}} for p, a in saved.items()}
 
 
 def main():
