@@ -5,16 +5,17 @@ Two pipelines share the last stage (Figure 1 of the paper, figure-cascade.png):
     waveform:     text -> wave-generator (3.2 kHz) -> cascader (16 kHz)  -> super-res (24 kHz)
     spectrogram:  text -> spec-generator (log-mel)  -> vocoder (16 kHz)   -> super-res (24 kHz)
 
-This file holds, per stage and per scale, everything that differs between stages: the U-Net
-of Table 8 (`unet_config`), and the training and inference settings of Tables 2, 3 and 7
-(`stage_spec`). `full` is the paper; `toy` shrinks widths, depths, clip lengths and step counts
-so that the whole cascade trains on a 2-core CPU in minutes, through the same code. Not in the
-paper, each measured in the notes below: super-res keeps its input's band (both scales), and at
-toy scale the spectrogram generator samples at w = 3 and the vocoder projects its x_0 estimates
-onto its log-mel's magnitude (`mel_projection`, GLA-Grad).
+This file holds everything that differs between stages and between scales, in one table
+(`PRESETS`): per stage, its U-Net (Table 8), its training recipe (Table 2, section 4.1) and its
+inference defaults (Tables 3 and 7); a setting that differs between scales is written
+`ByScale(toy=..., full=...)`. `full` is the paper; `toy` shrinks widths, depths, clip lengths and
+step counts so that the whole cascade trains on a 2-core CPU in minutes, through the same code.
+Every value at `full` that the paper does not give is listed in the README's "Departures from the
+paper"; so is every toy-only choice (the shifted noise schedules, w = 3 for the spectrogram
+generator, the vocoder's mel projection, the clean share of conditioning inputs).
 
 Parameter counts at `full` (`python cascade.py`, built on the meta device), assuming a T5-large
-text encoder (d_model = 1024; the paper does not name the T5 size, NOTES trap 4):
+text encoder (d_model = 1024; the paper does not name the T5 size):
 
     stage            ours     Table 2   difference
     wave-generator   740.3M   724M      +2.3%
@@ -40,102 +41,90 @@ on the residual path and a CombineEmb FC in every block; blocks doubled by the m
 """
 import math
 import os
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 
 import diffusion
-from unet1d import UNetConfig
+from data import (Augmentation, draw_crop_length, fft_resample, log_mel, mel_magnitude, project_to_mel,
+                  random_crop)
+from unet1d import UNet1D, UNetConfig, count_parameters
 
 STAGES = ("wave-generator", "cascader", "spec-generator", "vocoder", "super-res")
 SCALES = ("toy", "full")
 MEL_FPS = 100           # frames per second of the log-mel (section 3.3.2)
 
-FULL_TEXT_DIM = 1024    # T5-large / Flan-T5-large d_model, assumed (NOTES trap 4)
+FULL_TEXT_DIM = 1024    # T5-large / Flan-T5-large d_model, assumed: the paper does not name the T5 size
 TOY_TEXT_DIM = 128      # the toy T5 encoder trained here (text.py)
 F, T = False, True
 
-# Table 8, verbatim. Keys: base dim, kernel, strides, channel multipliers, blocks, self/cross-attn.
-_FULL_UNETS = {
-    "wave-generator": UNetConfig(256, 7, (4,) * 6, (1, 1, 2, 3, 4, 4), (3, 3, 3, 4, 4, 4), (F, F, F, T, T, T), (F, F, F, T, T, T), 8,
-                                 in_channels=1, text_dim=FULL_TEXT_DIM),
-    "cascader": UNetConfig(256, 7, (4,) * 5, (1, 1, 2, 3, 4), (3, 3, 4, 6, 6), (F,) * 5, (F, F, F, T, T), 8,
-                           in_channels=1, cond_channels=1, text_dim=FULL_TEXT_DIM, aug_level=True),
-    "spec-generator": UNetConfig(256, 9, (4, 3, 2, 2, 2), (1, 2, 2, 3, 4), (6,) * 5, (F, F, F, T, T), (F, F, F, T, T), 8,
-                                 in_channels=80, text_dim=FULL_TEXT_DIM),
-    "vocoder": UNetConfig(128, 5, (2, 4, 4, 5), (1, 1, 2, 4), (4,) * 4, (F,) * 4, (F,) * 4, 8,
-                          in_channels=1, aligned_channels=80, aligned_rate=160, aug_level=True),
-    "super-res": UNetConfig(256, 7, (4,) * 4, (1, 1, 2, 2), (4,) * 4, (F,) * 4, (F,) * 4, 8,
-                            in_channels=1, cond_channels=1, aug_level=True),
-}
+# The preconditioning's data RMS (unet1d.py): waveforms are stored at an RMS of about 0.1 (the
+# toy corpus is normalized to it; data.py's manifests of real audio are not rescaled, and ~0.1 is
+# typical of mastered music); the log-mel lies in [-1, 1] with a spread of ~0.4-0.7, for which
+# EDM's 0.5 for images in [-1, 1] serves.
+DATA_STD = {"wave": 0.1, "spec": 0.5}
 
-# The toy presets: the same depths' roles (attention at the bottom, the vocoder's strides
-# multiplying to the 160-sample hop of a 100 fps spectrogram at 16 kHz), far smaller widths.
-# The waveform stages keep their width where the sound is: every depth of a U-Net runs at the rate
-# of the depth above divided by its stride, so a partial at f Hz lives only at the depths whose
-# rate exceeds 2f (the vocoder's second depth runs at 2 kHz: a flute's 700 Hz fundamental is
-# near its Nyquist limit and its harmonics above it; only the first, 8 kHz depth can hold them).
-# So the toy presets put their extra blocks and width at the top: the wave generator and the
-# cascader have width 32 and two blocks at their first two depths (was 16 / 32 and one block),
-# the vocoder 2, 3 and 2 blocks at its first three depths and width 32 from its second (was one
-# block each, 16 / 16 / 32). At equal steps this cut the wave generator's training loss from 0.145
-# to 0.115 (step 1500) and the vocoder's from 0.046 to 0.038 (step 4000). The toy vocoder still
-# does not render flute: from real flute log-mels it makes noise below 1 kHz. A sustained partial's
-# phase is not in the log-mel, so the denoiser must find it in x_t, which at high noise takes a long
-# window at a rate that holds the partial; the 8 kHz depth reaches 32 samples (4 ms) and a flute's
-# fundamental (523-1319 Hz) does not fit the 2 kHz depth. Measured and not shipped: strides 2, 2, 8,
-# 5 with dilations (unet1d.UNetConfig.dilation = (2, 2, 1, 1), ~63 ms at the 8 and 4 kHz depths),
-# trained the same 6000 steps. Its own 16 kHz output ordered more flute / bass pairs (real log-mels
-# 70% against 47%; generated 65 / 70 / 90% against 50 / 55 / 60%) and kept 94.2% of real tempo
-# pairs (80.5%), but the whole spectrogram path lost register at 24 kHz (60 / 60 / 70% against
-# 75 / 75 / 65%), FAD_MFCC rose from 4.9 to 7.9 and MuLan audio-text fell from 0.40 to 0.27, at
-# twice the time (README, Results). The shipped toy vocoder samples with the mel projection instead
-# (below, _TOY_PROJECT).
-# Super-res has three depths, width 16 and two blocks at the top (was two depths, width 12, one
-# block: 0.02M parameters, 1000 training steps); see the note on keep_band below.
-_TOY_UNETS = {
-    "wave-generator": UNetConfig(16, 5, (4, 4, 4, 4), (2, 2, 4, 8), (2, 2, 1, 2), (F, F, F, T), (F, F, T, T), 4,
-                                 in_channels=1, text_dim=TOY_TEXT_DIM),
-    "cascader": UNetConfig(16, 5, (4, 4, 4), (2, 2, 4), (2, 2, 1), (F, F, F), (F, F, T), 4,
-                           in_channels=1, cond_channels=1, text_dim=TOY_TEXT_DIM, aug_level=True),
-    # base >= 80: the entry convolution is x_t's only way in, and a base narrower than the 80 mel
-    # channels cannot even pass x_t through (a base of 48 left the loss stuck at ~0.3).
-    "spec-generator": UNetConfig(96, 5, (2, 2, 2), (1, 1, 1), (1, 2, 2), (F, F, T), (F, T, T), 4,
-                                 in_channels=80, text_dim=TOY_TEXT_DIM),
-    "vocoder": UNetConfig(16, 5, (2, 4, 4, 5), (1, 2, 2, 4), (2, 3, 2, 1), (F,) * 4, (F,) * 4, 4,
-                          in_channels=1, aligned_channels=80, aligned_rate=160, aug_level=True),
-    "super-res": UNetConfig(16, 5, (4, 4, 4), (1, 2, 4), (2, 2, 1), (F,) * 3, (F,) * 3, 4,
-                            in_channels=1, cond_channels=1, aug_level=True),
-}
+# Toy waveform stages shift Table 2's noise schedules by 2 ln 5 in log-SNR (diffusion.shifted). The
+# schedules suit data of unit scale (images in [-1, 1], spread ~0.5), but waveforms here have an RMS
+# of ~0.1, so the network sees an SNR 25 times lower than the schedule's: unshifted, only 10% of the
+# linear schedule's training times (19% of the cosine's) put a clip's own SNR in [0.1, 100];
+# shifted, 34% (61%). The paper does not say at what scale its waveforms enter the diffusion;
+# `full` keeps Table 2's schedules as named.
+SNR_SHIFT = 2 * math.log(DATA_STD["spec"] / DATA_STD["wave"])   # as if waves had the spread 0.5
+
+
+def shifted(schedule):
+    """A waveform stage's toy noise schedule: Table 2's, shifted by SNR_SHIFT."""
+    return diffusion.shifted(schedule, SNR_SHIFT)
+
+
+class ByScale(dict):
+    """A setting that differs between scales, one keyword per scale: ByScale(toy=16, full=8)."""
+
+    def __init__(self, **values):
+        missing = set(SCALES) - set(values)
+        if missing:
+            raise ValueError(f"ByScale needs a value for every scale; missing {sorted(missing)}")
+        super().__init__(values)
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """Training (Table 2, section 4.1) and inference (Tables 3, 7) settings of one stage."""
+    """One stage at one scale: what it makes, how it trains (Table 2, section 4.1) and how it samples
+    (Tables 3 and 7). `stage_spec` builds it from the stage's row of PRESETS."""
     name: str
+    # what the stage makes, and from what
     output: str               # "wave" (B, 1, T) or "spec" (B, 80, frames)
     sample_rate: int          # rate of the output audio; for "spec", the audio rate of the log-mel
     frame_rate: int           # frames per second of the output sequence (= sample_rate for waves)
-    clip_seconds: float       # length of a generated clip
-    crop_seconds: tuple       # (min, max) random training crop, or () for the whole clip
     token_len: int            # T5 tokens of the text prompt; 0 = no text route
-    loss_weighting: str       # w_t of eq. 1: "unit" or "sigma2"
-    schedule: str             # noise schedule: "cosine" or "linear"
     cond_rate: int            # rate of the low-fidelity audio stacked with x_t; 0 = none
     aligned: bool             # the spectrogram enters as the aligned input (vocoder)
-    aug_t_max: float          # conditioning noise augmentation, t ~ U[0, t_max]; 0 = none
-    blur: str                 # conditioning blur: "1d", "2d" or ""
-    blur_sigma: tuple         # (min, max) blur sigma
-    paper_train_steps: int    # Table 2 training steps
-    paper_batch: int          # section 4.1 batch size
-    steps: int                # inference steps (Table 7 lengths at full)
+    unet: UNetConfig          # Table 8 at full (unet_config adds the schedule and the data RMS)
+    # training (Table 2, section 4.1; train.py)
+    clip_seconds: float       # length of a training clip and of a generated one
+    crop_seconds: tuple       # (min, max) random training crop, or () for the whole clip
+    loss_weighting: str       # w_t of eq. 1: "unit" or "sigma2"
+    schedule: str             # noise schedule: "cosine" or "linear", optionally shifted
+    augmentation: Augmentation  # of the conditioning input (data.augment_conditioning); None = no input
+    clean_share: float        # share of examples whose conditioning is not augmented
+    train_steps: int          # optimizer steps
+    batch: int                # examples per process in one forward pass
+    accumulate_to: int        # gradient accumulation gathers about this many examples per step; 0 = none
+    lr: float                 # peak learning rate (Adam, linear warm-up, cosine decay)
+    warmup: int               # warm-up steps
+    lr_end: int               # the step where the cosine reaches 0; None = the run's last step
+    ema_decay: float          # EMA of the weights, which the sampler uses
+    # sampling (Tables 3 and 7; sample.py)
+    steps: int                # denoising steps
     step_schedule: str        # Table 3: "front-heavy" / "back-heavy" / "uniform"
     gamma: float              # Table 3 stochasticity of eq. 4
     w: float                  # Table 3 CFG scale (1 = no guidance)
-    clip: float = diffusion.DEFAULT_CLIP_PERCENTILE   # default dynamic-clipping percentile (0 = none)
-    keep_band: bool = False   # replace the output's band below cond_rate / 2 by the input's (see below)
-    project: float = 1.0      # vocoder: x_0 estimates take the log-mel's magnitude at t > this (see below); 1 = never
+    clip: float               # dynamic-clipping percentile of |x_0| (0 = none)
+    keep_band: bool           # replace the output's band below cond_rate / 2 by the input's (keep_input_band)
+    project: float            # vocoder: x_0 estimates take the log-mel's magnitude at t > this; 1 = never
 
     @property
     def has_text(self):
@@ -147,145 +136,156 @@ class StageSpec:
         return round(self.clip_seconds * self.frame_rate)
 
 
-_FULL_SPECS = {
-    "wave-generator": StageSpec("wave-generator", "wave", 3200, 3200, 30.0, (), 64, "unit", "cosine", 0, False,
-                                0.0, "", (), 1_600_000, 2048, 1000, "front-heavy", 0.0, 10.0),
-    "cascader": StageSpec("cascader", "wave", 16000, 16000, 30.0, (3.0, 4.0), 64, "unit", "linear", 3200, False,
-                          0.5, "1d", (0.1, 5.0), 460_000, 2048, 800, "front-heavy", 1.0, 5.0),
-    # No dynamic clipping for the log-mel (the paper gives no percentile: NOTES trap 3; see below).
-    "spec-generator": StageSpec("spec-generator", "spec", 16000, 100, 30.0, (), 96, "sigma2", "linear", 0, False,
-                                0.0, "", (), 1_800_000, 2048, 2000, "back-heavy", 0.0, 5.0, clip=0.0),
-    "vocoder": StageSpec("vocoder", "wave", 16000, 16000, 30.0, (3.0, 4.0), 0, "unit", "linear", 0, True,
-                         1.0, "2d", (0.2, 1.0), 840_000, 2048, 100, "front-heavy", 0.0, 1.0),
-    # Super-res crops are not stated in the paper; we use the cascader's 3-4 s.
-    "super-res": StageSpec("super-res", "wave", 24000, 24000, 30.0, (3.0, 4.0), 0, "unit", "linear", 16000, False,
-                           1.0, "", (), 270_000, 4096, 800, "front-heavy", 0.0, 1.0, keep_band=True),
+# ------------------------------------------------------------------------------------------------
+# The preset table. `full` is the paper (Tables 2, 3, 7, 8 and section 4.1); a plain value holds at
+# every scale. Toy U-Nets keep each depth's role (attention at the bottom, the vocoder's strides
+# multiplying to the 160-sample hop of a 100 fps log-mel at 16 kHz) at far smaller widths. A partial
+# at f Hz lives only at the depths whose rate exceeds 2f, so the toy waveform U-Nets put their extra
+# blocks and width at the top depths.
+
+# Section 4.1's recipe, the same for every stage.
+_RECIPE = dict(
+    batch=ByScale(toy=16, full=8),
+    lr=ByScale(toy=1e-3, full=1e-4),
+    warmup=ByScale(toy=100, full=10_000),
+    lr_end=ByScale(toy=None, full=2_500_000),
+    ema_decay=ByScale(toy=0.999, full=0.9999),
+    # Half of the toy examples see their conditioning clean: in a short run the paper's t ~ U[0, t_max]
+    # leaves too few examples of the clean input that inference gives (data.augment_conditioning).
+    clean_share=ByScale(toy=0.5, full=0.0),
+    clip_seconds=ByScale(toy=4.0, full=30.0),
+    clip=diffusion.DEFAULT_CLIP_PERCENTILE,
+    keep_band=False,
+    project=1.0,
+)
+# The cascaders' and the vocoder's crops: 3-4 s at full (super-res: not stated, the cascader's), and
+# the same share of a 4 s toy clip.
+_CROPS = ByScale(toy=(0.4, 0.533), full=(3.0, 4.0))
+
+PRESETS = {
+    "wave-generator": dict(
+        _RECIPE, output="wave", sample_rate=3200, frame_rate=3200, cond_rate=0, aligned=False,
+        token_len=ByScale(toy=32, full=64),
+        unet=ByScale(
+            toy=UNetConfig(base_dim=16, kernel_size=5, strides=(4, 4, 4, 4), channel_mults=(2, 2, 4, 8),
+                           blocks=(2, 2, 1, 2), self_attn=(F, F, F, T), cross_attn=(F, F, T, T), heads=4,
+                           in_channels=1, text_dim=TOY_TEXT_DIM),
+            full=UNetConfig(base_dim=256, kernel_size=7, strides=(4,) * 6, channel_mults=(1, 1, 2, 3, 4, 4),
+                            blocks=(3, 3, 3, 4, 4, 4), self_attn=(F, F, F, T, T, T),
+                            cross_attn=(F, F, F, T, T, T), heads=8, in_channels=1, text_dim=FULL_TEXT_DIM)),
+        crop_seconds=(), loss_weighting="unit",
+        schedule=ByScale(toy=shifted("cosine"), full="cosine"),
+        augmentation=None,
+        train_steps=ByScale(toy=5500, full=1_600_000),
+        accumulate_to=ByScale(toy=0, full=2048),
+        steps=ByScale(toy=200, full=1000),      # toy: chosen by bench/adherence.py (tempo pairs)
+        step_schedule="front-heavy", gamma=0.0, w=10.0),
+    "cascader": dict(
+        _RECIPE, output="wave", sample_rate=16000, frame_rate=16000, cond_rate=3200, aligned=False,
+        token_len=ByScale(toy=32, full=64),
+        unet=ByScale(
+            toy=UNetConfig(base_dim=16, kernel_size=5, strides=(4, 4, 4), channel_mults=(2, 2, 4),
+                           blocks=(2, 2, 1), self_attn=(F, F, F), cross_attn=(F, F, T), heads=4,
+                           in_channels=1, cond_channels=1, text_dim=TOY_TEXT_DIM, aug_level=True),
+            full=UNetConfig(base_dim=256, kernel_size=7, strides=(4,) * 5, channel_mults=(1, 1, 2, 3, 4),
+                            blocks=(3, 3, 4, 6, 6), self_attn=(F,) * 5, cross_attn=(F, F, F, T, T), heads=8,
+                            in_channels=1, cond_channels=1, text_dim=FULL_TEXT_DIM, aug_level=True)),
+        crop_seconds=_CROPS, loss_weighting="unit",
+        schedule=ByScale(toy=shifted("linear"), full="linear"),
+        augmentation=Augmentation(t_max=0.5, blur="1d", sigma_range=(0.1, 5.0), blur_size=10),
+        train_steps=ByScale(toy=3000, full=460_000),
+        accumulate_to=ByScale(toy=0, full=2048),
+        steps=ByScale(toy=40, full=800),        # toy: chosen by bench/adherence.py
+        step_schedule="front-heavy", gamma=1.0, w=5.0),
+    "spec-generator": dict(
+        _RECIPE, output="spec", sample_rate=16000, frame_rate=MEL_FPS, cond_rate=0, aligned=False,
+        token_len=ByScale(toy=48, full=96),
+        # toy base >= 80: the entry convolution is x_t's only way in, and a base narrower than the
+        # 80 mel channels cannot pass x_t through.
+        unet=ByScale(
+            toy=UNetConfig(base_dim=96, kernel_size=5, strides=(2, 2, 2), channel_mults=(1, 1, 1),
+                           blocks=(1, 2, 2), self_attn=(F, F, T), cross_attn=(F, T, T), heads=4,
+                           in_channels=80, text_dim=TOY_TEXT_DIM),
+            full=UNetConfig(base_dim=256, kernel_size=9, strides=(4, 3, 2, 2, 2), channel_mults=(1, 2, 2, 3, 4),
+                            blocks=(6,) * 5, self_attn=(F, F, F, T, T), cross_attn=(F, F, F, T, T), heads=8,
+                            in_channels=80, text_dim=FULL_TEXT_DIM)),
+        crop_seconds=(), loss_weighting="sigma2", schedule="linear",
+        augmentation=None,
+        train_steps=ByScale(toy=5000, full=1_800_000),
+        accumulate_to=ByScale(toy=0, full=2048),
+        steps=ByScale(toy=50, full=2000),
+        step_schedule="back-heavy", gamma=0.0,
+        w=ByScale(toy=3.0, full=5.0),           # toy: the log-mels follow their prompts better at w = 3
+        # No dynamic clipping: it divides a saturated estimate towards 0, which for a log-mel is
+        # -40 dB, and fills the silence (the floor, -1) with a haze; the paper gives no percentile.
+        clip=0.0),
+    "vocoder": dict(
+        _RECIPE, output="wave", sample_rate=16000, frame_rate=16000, cond_rate=0, aligned=True,
+        token_len=0,
+        unet=ByScale(
+            toy=UNetConfig(base_dim=16, kernel_size=5, strides=(2, 4, 4, 5), channel_mults=(1, 2, 2, 4),
+                           blocks=(2, 3, 2, 1), self_attn=(F,) * 4, cross_attn=(F,) * 4, heads=4,
+                           in_channels=1, aligned_channels=80, aligned_rate=160, aug_level=True),
+            full=UNetConfig(base_dim=128, kernel_size=5, strides=(2, 4, 4, 5), channel_mults=(1, 1, 2, 4),
+                            blocks=(4,) * 4, self_attn=(F,) * 4, cross_attn=(F,) * 4, heads=8,
+                            in_channels=1, aligned_channels=80, aligned_rate=160, aug_level=True)),
+        crop_seconds=_CROPS, loss_weighting="unit",
+        schedule=ByScale(toy=shifted("linear"), full="linear"),
+        augmentation=Augmentation(t_max=1.0, blur="2d", sigma_range=(0.2, 1.0), blur_size=5),
+        train_steps=ByScale(toy=6000, full=840_000),
+        accumulate_to=ByScale(toy=0, full=2048),
+        steps=ByScale(toy=25, full=100),
+        step_schedule="front-heavy", gamma=0.0, w=1.0,
+        # toy: mel projection (GLA-Grad, Liu et al. 2024) at every step; see mel_projection.
+        project=ByScale(toy=0.0, full=1.0)),
+    "super-res": dict(
+        _RECIPE, output="wave", sample_rate=24000, frame_rate=24000, cond_rate=16000, aligned=False,
+        token_len=0,
+        unet=ByScale(
+            toy=UNetConfig(base_dim=16, kernel_size=5, strides=(4, 4, 4), channel_mults=(1, 2, 4),
+                           blocks=(2, 2, 1), self_attn=(F,) * 3, cross_attn=(F,) * 3, heads=4,
+                           in_channels=1, cond_channels=1, aug_level=True),
+            full=UNetConfig(base_dim=256, kernel_size=7, strides=(4,) * 4, channel_mults=(1, 1, 2, 2),
+                            blocks=(4,) * 4, self_attn=(F,) * 4, cross_attn=(F,) * 4, heads=8,
+                            in_channels=1, cond_channels=1, aug_level=True)),
+        crop_seconds=_CROPS, loss_weighting="unit",
+        schedule=ByScale(toy=shifted("linear"), full="linear"),
+        augmentation=Augmentation(t_max=1.0),   # the paper names no blur for super-res
+        train_steps=ByScale(toy=3000, full=270_000),
+        accumulate_to=ByScale(toy=0, full=4096),
+        steps=ByScale(toy=15, full=800),
+        step_schedule="front-heavy", gamma=0.0, w=1.0,
+        keep_band=True),                        # both scales; see keep_input_band
 }
-
-# Dynamic clipping (Imagen: s = max(1, percentile of |x0|), x0 -> clamp(x0, -s, s) / s) shrinks a
-# saturated estimate towards 0, the middle of the data range. For a log-mel, 0 is -40 dB and the
-# range's floor (-1, -100 dB) is silence, a third of a toy clip's bins: under Table 3's w = 5 the
-# toy spectrogram generator's 99.5th percentile of |x0| is ~3 at every step, so clipping divided
-# its estimates by ~3 and filled the silence with a haze (97% of generated bins above -0.8, real
-# 69%) in which pitch was at chance. Without it (clip 0) the same checkpoint, heard through
-# Griffin-Lim, orders 95% / 90% / 75% of tempo / register / drums prompt pairs right (75% / 55% /
-# 50% with clipping at 0.995; 85% / 85% / 75% with the estimate clamped to [-1, 1]), and the whole
-# spectrogram path 80% / 90% / 100% (65% / 50% / 100%; bench/adherence.py). The price: under w = 5
-# nearly every generated log-mel has a few bins louder than any real one (up to 1.0 against the
-# corpus's 0.48), which the vocoder does not turn into clipped audio. The other stages keep
-# diffusion.DEFAULT_CLIP_PERCENTILE: their audio lies far inside [-1, 1].
-
-# keep_band: super-res replaces its output's band below 8 kHz by its input's (keep_input_band). Its
-# job is the band its 16 kHz input lacks, but a diffusion model resynthesizes the whole signal, and
-# the toy one adds onsets there (bench/stage_tempo.py): on 20 fast and 20 slow real clips taken to
-# 16 kHz and back up, the onset rate (evaluate.py) orders 99.8% of the 400 pairs right, the first
-# toy super-res's output 93.2% (mean onset-rate error 0.99 per second) and the current larger one's
-# 95.8% (0.54); with the input's low band kept, 99.2% and 99.8% (0.24 and 0.15, the plain
-# up-sampling's 0.14). The band above 8 kHz is not what moves the onsets: the larger model's own
-# output low-passed at 8 kHz gets 94.8%. On the spectrogram path the register figure moved with
-# the model (README, Results: the unprojected vocoder renders flute as noise, whose pitch is arbitrary). Audio
-# super-resolution models keep the input's band the same way (NU-Wave 2, AudioSR); the paper does
-# not say. `--super-res-keep-band 0` samples it as the paper's wiring alone would.
-TOY_CLIP_SECONDS = 4.0
-# Fewer steps than Table 7, same schedules. The wave generator's 200 and the cascader's 40 (50 and 20
-# at first, then 100 and 40) were set by bench/adherence.py: with 50 steps the wave generator's own
-# output got 75% of fast vs slow prompt pairs right, with 100 and 200 steps 95% (same noise); on two
-# more draws 95% and 65% at 100 steps, 100% and 95% at 200.
-_TOY_STEPS = {"wave-generator": 200, "cascader": 40, "spec-generator": 50, "vocoder": 25, "super-res": 15}
-# Table 3's CFG scales, but the toy spectrogram generator's: w = 3, not 5. Heard through Griffin-Lim,
-# its own log-mels of 20 flute / bass prompt pairs order 80% / 90% / 75% of the pairs right at w = 5
-# (three draws), 100% / 95% / 85% at w = 3, 100% / 100% / 80% at w = 2 and 60% / 75% / 70% at w = 8;
-# the section 4.5 ablation (README) also found it better with less guidance.
-_TOY_W = {"spec-generator": 3.0}
-# Mel projection (StageSpec.project, `--vocoder-project`; GLA-Grad, Liu et al. 2024; not in
-# Noise2Music): at each sampling step with t above `project`, the vocoder's estimate of x_0 keeps its
-# own phase but takes the STFT magnitude its log-mel implies (data.project_to_mel, one Griffin-Lim
-# round), scaled down per clip where its peak would pass MEL_PROJECTION_PEAK. The toy vocoder on
-# its own renders a log-mel too quietly and loses a flute's partials (the note above the toy
-# presets): on the toy spectrogram generator's log-mels its 16 kHz output has 0.4 of the loudness
-# that Griffin-Lim gives them (RMS 0.041 against 0.116, 120 clips; the corpus is at 0.1); of 20
-# flute / bass prompt pairs it ordered 55% right, solo flutes at 0.2 of their Griffin-Lim loudness
-# with no pitch or a wrong one, flutes with drums at the kick's pitch (~MIDI 30). Projected (one
-# draw, no peak limit): at every step 95% (19 of 20 flutes at MIDI 78-87, as Griffin-Lim has them);
-# at t > 0.02 (the last 5 of its 25 steps its own) 95%; half-way (x_0 + (P x_0 - x_0) / 2) 95%; only
-# at t > 0.3, 55% (its own low-noise steps undo the flute). The peak limit: the projection passes
-# the log-mel's loudness into the audio, and some generated log-mels are louder than the training
-# clips (kick-drum bins up to 0.86 against the corpus's 0.49, Griffin-Lim RMS up to 0.38), so
-# unlimited it clipped up to 0.52% of a clip's samples at 16 kHz (0.31% at 24 kHz; clamping the
-# log-mel at a full-scale sine's level, 0.58, changed nothing). Whole spectrogram path,
-# bench/adherence.py, tempo / register / drums on three draws: unlimited at t > 0.02 95 / 95 / 100,
-# 90 / 90 / 95, 90 / 100 / 100 (0.30-0.32% clipped); limited at t > 0.02 90 / 95 / 100, 90 / 85 / 95,
-# 90 / 85 / 100; limited at every step (the default) 95 / 95 / 100, 95 / 85 / 90, 90 / 100 / 100,
-# at most 0.0021% clipped; not projected 90 / 75 / 100, 80 / 75 / 90, 80 / 65 / 95. Started
-# instead from the log-mel's Griffin-Lim rendering noised to t = 0.3 (SDEdit; a knob tried and
-# dropped): 85 / 55 / 85, 0.32% clipped. (Register at 24 kHz then measured the pitch at the clip's own
-# rate; with every clip taken at 16 kHz, evaluate.median_pitch since, the default reads 95 / 95 / 100,
-# 95 / 95 / 90, 90 / 90 / 100.) The projection stands in for training: the same preset trained at
-# batch 256 for 1032 steps on a GPU (bench/gpu_vocoder.py, 2.75 times the clips of the CPU recipe)
-# orders 95% of 20 real flute / bass pairs unprojected, this checkpoint 55%.
-# `--vocoder-project 1` samples as the paper's wiring would.
-_TOY_PROJECT = {"vocoder": 0.0}
 MEL_PROJECTION_PEAK = 0.9
-
-
-# The preconditioning's data RMS (unet1d.py): waveforms are stored at an RMS of about 0.1 (the
-# toy corpus is normalized to it; data.py's manifests of real audio are not rescaled, and ~0.1 is
-# typical of mastered music); the log-mel lies in [-1, 1] with a spread of ~0.4-0.7, for which
-# EDM's 0.5 for images in [-1, 1] serves.
-DATA_STD = {"wave": 0.1, "spec": 0.5}
-
-# The toy waveform stages' noise schedules are shifted by 2 ln 5 in log-SNR (diffusion.shifted): the
-# schedules of Table 2 suit data of unit scale (images in [-1, 1], spread ~0.5), but waveforms
-# here have an RMS of ~0.1, so the SNR the network sees is 25 times lower than the schedule's.
-# Unshifted, only 10% of the linear schedule's training times (19% of the cosine's) put the clip's
-# own signal-to-noise ratio in [0.1, 100]; shifted, 34% (61%). Trained as long as before, the
-# shifted cascader keeps its real 3.2 kHz input's low band to 0.012 RMS (0.016 unshifted) and
-# makes a high band of RMS 0.029 against the real 0.024 (0.034), and the wave generator's own
-# output gets 90% of drums vs solo prompt pairs right (70%; bench/adherence.py). The paper does
-# not say at what scale its waveforms enter the diffusion (NOTES); `full` keeps Table 2's
-# schedules as named.
-SNR_SHIFT = 2 * math.log(DATA_STD["spec"] / DATA_STD["wave"])   # as if waves had the spread 0.5
-
-
-def _toy_spec(full: StageSpec) -> StageSpec:
-    """Shrink a full-scale spec: 4 s clips, crops scaled by 4/30, half the tokens, fewer steps,
-    (waveform outputs) the shifted noise schedule, the spectrogram generator's w = 3 and the
-    vocoder's mel projection."""
-    k = TOY_CLIP_SECONDS / full.clip_seconds
-    crop = tuple(round(c * k, 3) for c in full.crop_seconds)
-    schedule = diffusion.shifted(full.schedule, SNR_SHIFT) if full.output == "wave" else full.schedule
-    return replace(full, clip_seconds=TOY_CLIP_SECONDS, crop_seconds=crop, token_len=full.token_len // 2,
-                   paper_batch=full.paper_batch, steps=_TOY_STEPS[full.name], schedule=schedule,
-                   w=_TOY_W.get(full.name, full.w), project=_TOY_PROJECT.get(full.name, full.project))
 
 
 def _check(stage, scale):
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; choose 'toy' or 'full'")
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+
+
+def stage_spec(stage, scale="toy") -> StageSpec:
+    """Training and inference settings of `stage` at `scale`: its column of PRESETS."""
+    _check(stage, scale)
+    row = PRESETS[stage]
+    return StageSpec(name=stage, **{f.name: row[f.name][scale] if isinstance(row[f.name], ByScale) else row[f.name]
+                                    for f in fields(StageSpec) if f.name != "name"})
 
 
 def unet_config(stage, scale="toy", text_dim=None) -> UNetConfig:
     """The U-Net of `stage` at `scale` ("full" is Table 8); text_dim overrides the T5 width."""
-    _check(stage, scale)
-    cfg = (_FULL_UNETS if scale == "full" else _TOY_UNETS)[stage]
+    spec = stage_spec(stage, scale)
+    cfg = spec.unet
     if text_dim is not None and cfg.text_dim:
         cfg = replace(cfg, text_dim=text_dim)
-    spec = stage_spec(stage, scale)
     return replace(cfg, data_std=DATA_STD[spec.output], schedule=spec.schedule)
-
-
-def stage_spec(stage, scale="toy") -> StageSpec:
-    """Training and inference settings of `stage` at `scale` (Tables 2, 3, 7 at "full")."""
-    _check(stage, scale)
-    full = _FULL_SPECS[stage]
-    return full if scale == "full" else _toy_spec(full)
 
 
 def parameter_counts(scale="full"):
     """{stage: parameter count}, built on the meta device (no memory, no time)."""
-    from unet1d import UNet1D, count_parameters
     counts = {}
     for stage in STAGES:
         with torch.device("meta"):
@@ -295,11 +295,18 @@ def parameter_counts(scale="full"):
 
 PAPER_PARAMS = {"wave-generator": 724e6, "cascader": 487e6, "spec-generator": 745e6, "vocoder": 25.7e6, "super-res": 81e6}
 
-if __name__ == "__main__":
-    for scale in SCALES:
-        for stage, n in parameter_counts(scale).items():
-            extra = f"  Table 2: {PAPER_PARAMS[stage] / 1e6:.1f}M ({n / PAPER_PARAMS[stage] - 1:+.1%})" if scale == "full" else ""
-            print(f"{scale:4s} {stage:15s} {n / 1e6:8.2f}M{extra}")
+
+def print_presets():
+    """The settings that differ between scales, per stage: one line per setting, one column per scale."""
+    counts = {scale: parameter_counts(scale) for scale in SCALES}
+    for stage in STAGES:
+        sizes = "  ".join(f"{scale}={counts[scale][stage] / 1e6:.2f}M" for scale in SCALES)
+        print(f"\n{stage}\n  {'U-Net params':14s} {sizes}")
+        specs = [stage_spec(stage, scale) for scale in SCALES]
+        for f in fields(StageSpec):
+            values = [getattr(s, f.name) for s in specs]
+            if f.name not in ("name", "unet") and len(set(map(repr, values))) > 1:
+                print(f"  {f.name:14s} " + "  ".join(f"{scale}={v}" for scale, v in zip(SCALES, values)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,10 +315,10 @@ if __name__ == "__main__":
 def low_fidelity(wave, rate, low_rate):
     """The cascaders' conditioning: the clip taken down to low_rate, then FFT-up-sampled back.
 
-    Whole clips in, whole clips out (NOTES trap 6: FFT resampling treats the clip as periodic, so
-    resample first and crop after). wave: [... x T] at `rate`.
+    Whole clips in, whole clips out: FFT resampling treats the clip as periodic, so a crop taken
+    before resampling would wrap its end onto its start; resample first, crop after.
+    wave: [... x T] at `rate`.
     """
-    from data import fft_resample
     T = wave.shape[-1]
     up = fft_resample(fft_resample(wave, rate, low_rate), low_rate, rate)
     return up[..., :T]
@@ -333,7 +340,6 @@ def training_example(spec: StageSpec, wave, crop, rng):
     :return: dict with "x0" [C x T'] (audio or log-mel), and "cond" [1 x T'] (the up-sampled
         low-fidelity audio of the cascaders) or "aligned" [80 x T'/160] (the vocoder's log-mel).
     """
-    from data import log_mel, random_crop
     if not crop:                                            # generators: the whole clip
         wave = fit_length(wave, round(spec.clip_seconds * spec.sample_rate))
     if spec.output == "spec":
@@ -357,7 +363,6 @@ def training_example(spec: StageSpec, wave, crop, rng):
 
 def crop_length(spec: StageSpec, rng):
     """One crop length (samples) for a batch: U[crop_seconds], whole spectrogram frames; 0 = none."""
-    from data import draw_crop_length
     if not spec.crop_seconds:
         return 0
     return draw_crop_length(*spec.crop_seconds, spec.sample_rate, rng, multiple=spec.sample_rate // MEL_FPS)
@@ -401,7 +406,6 @@ class StageModel:
     """One trained stage for inference: the EMA U-Net and its spec, read from a checkpoint."""
 
     def __init__(self, path, device="cpu", dtype=None):
-        from unet1d import UNet1D
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         self.spec = stage_spec(ckpt["stage"], ckpt["scale"])
         self.t5 = ckpt.get("t5") or ""
@@ -442,8 +446,14 @@ class StageModel:
 
 def mel_projection(mel, peak=MEL_PROJECTION_PEAK):
     """x_0 -> x_0 with the STFT magnitude of the log-mel `mel` (B, 80, F) and its own phase, scaled
-    down per clip where its peak would exceed `peak` (see the note on mel projection above)."""
-    from data import mel_magnitude, project_to_mel
+    down per clip where its peak would exceed `peak` (GLA-Grad, Liu et al. 2024; not in Noise2Music).
+
+    One Griffin-Lim round per sampling step (data.project_to_mel). The toy vocoder alone renders a
+    log-mel too quietly and loses a flute's partials: a sustained partial's phase is not in the
+    log-mel, and its small U-Net cannot find it in x_t. Projected, its output has the loudness and
+    pitch the log-mel implies. The peak limit keeps clips whose log-mel is louder than any training
+    clip from clipping. `--vocoder-project 1` samples as the paper's wiring would.
+    """
     magnitude = mel_magnitude(mel)                # the same at every step
 
     def project(x0):
@@ -458,8 +468,7 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
     """Sample one stage: x_T ~ N(0, I) of `shape`, then eq. 4 with CFG and dynamic clipping.
 
     The vocoder, with a projection time below 1 (StageSpec.project, Sampling.project), replaces each
-    x_0 estimate at t above it by its projection onto the log-mel's magnitude (data.project_to_mel;
-    see the note on mel projection above).
+    x_0 estimate at t above it by its projection onto the log-mel's magnitude (`mel_projection`).
 
     :param unconditional: a (B,) bool tensor: examples generated without text (empty prompts).
     """
@@ -495,7 +504,9 @@ def keep_input_band(out, cond, rate, cond_rate):
     out, cond: [... x T] at `rate`; cond is the FFT-up-sampled low-fidelity input, which has
     nothing above cond_rate / 2. So the stage contributes only the band its input lacks (the
     low-frequency replacement of audio super-resolution models such as NU-Wave 2 and AudioSR;
-    Noise2Music does not say; the note on keep_band above gives the measurements).
+    Noise2Music does not say). A diffusion model resynthesizes the whole signal, and the toy
+    super-res adds onsets in the band it was given (bench/stage_tempo.py measures it);
+    `--super-res-keep-band 0` samples as the paper's wiring alone would.
     """
     T = out.shape[-1]
     low = torch.fft.rfftfreq(T, 1.0 / rate, device=out.device) < cond_rate / 2
@@ -513,7 +524,6 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
     :param timings: a dict that receives each stage's wall-clock seconds.
     :return: a (B, T) float tensor at 24 kHz.
     """
-    import time
     clock = [time.perf_counter()]
 
     def lap(name):
@@ -522,7 +532,6 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
             timings[name] = timings.get(name, 0.0) + now - clock[0]
         clock[0] = now
 
-    from data import fft_resample
     gen = torch.Generator().manual_seed(seed)
     B = len(prompts)
     names = PIPELINES[pipeline]
@@ -561,3 +570,11 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
     if keep is not None:
         keep.update({names[0]: x1.cpu(), names[1]: x2.cpu(), names[2]: x3.cpu()})
     return x3[:, 0].cpu()
+
+
+if __name__ == "__main__":
+    for scale in SCALES:
+        for stage, n in parameter_counts(scale).items():
+            extra = f"  Table 2: {PAPER_PARAMS[stage] / 1e6:.1f}M ({n / PAPER_PARAMS[stage] - 1:+.1%})" if scale == "full" else ""
+            print(f"{scale:4s} {stage:15s} {n / 1e6:8.2f}M{extra}")
+    print_presets()

@@ -8,7 +8,7 @@ Where each piece of the paper (Huang et al., 2023) lives:
   into chunks of the stage's token length; one entry drawn per example) -> `text_entries`,
   `draw_text`; random 3-4 s crops -> `draw_crop_length`, `random_crop`; conditioning augmentation
   (diffusion noise at t ~ U[0, t_max], Gaussian blur) -> `noise_augment`, `blur_1d`, `blur_2d`,
-  `AUGMENTATIONS`, `augment_conditioning`.
+  `Augmentation`, `augment_conditioning`.
 The toy corpus of synthesized folk tunes (`python data.py toy`) lives in `toy_corpus.py`.
 
 Stage sample rates (Table 2 and section 3.6): the wave generator works at 3.2 kHz, the cascader,
@@ -535,18 +535,11 @@ def random_crop(signals, length, rng, hops=None):
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Augmentation of a cascader's conditioning input (section 4.1)."""
+    """Augmentation of a cascader's conditioning input (section 4.1); each stage's is in cascade.PRESETS."""
     t_max: float            # diffusion-noise corruption at t ~ U[0, t_max]
     blur: str = ""          # "1d" (waveform), "2d" (spectrogram) or "" (none)
     sigma_range: tuple = (0.0, 0.0)  # Gaussian blur's standard deviation, drawn uniformly
     blur_size: int = 0      # the blur kernel's size (1-D taps, or the side of the 2-D square)
-
-
-AUGMENTATIONS = {
-    "cascader": Augmentation(t_max=0.5, blur="1d", sigma_range=(0.1, 5.0), blur_size=10),
-    "vocoder": Augmentation(t_max=1.0, blur="2d", sigma_range=(0.2, 1.0), blur_size=5),
-    "super-res": Augmentation(t_max=1.0),  # the paper names no blur for super-res
-}
 
 
 def gaussian_kernels(sigma, size):
@@ -614,7 +607,7 @@ def augment_conditioning(cond, augmentation, schedule, generator=None, clean_sha
     `clean_share` of the examples, left untouched (t = 0). That share is 0 at full scale. It
     matters in short runs: audio at an RMS of 0.1 is drowned by the noise of t > ~0.05 of the
     linear schedule, so with every example corrupted at t ~ U[0, 0.5] only about a tenth of
-    them teach the clean-input case that inference uses (train.py's toy default is 0.5).
+    them teach the clean-input case that inference uses (the toy presets' share is 0.5, cascade.py).
 
     :return: (augmented cond, t) where t (B,) is the noise level, for the model to see
         (unet1d's aug_t).
@@ -724,5 +717,6 @@ def add_dataclass_flags(parser, cls):
         else:
             required = meta.get("required", False)
             shown = required or "default" in meta["help"]
-            parser.add_argument(flag, type=type(f.default), default=f.default, required=required,
+            kind = type(f.default) if f.default is not None else f.type   # None: a preset fills it in
+            parser.add_argument(flag, type=kind, default=f.default, required=required,
                                 help=meta["help"] + ("" if shown else " (default: %(default)r)"))

@@ -45,30 +45,32 @@ FORMAT_VERSION = 1
 TOY_DATA = "toy_data/corpus"                 # the toy corpus, built on first use
 TOY_T5 = "checkpoints/toy/t5"                # the toy text encoder (text.py / pseudolabel.py)
 TOY_EXPORT = "checkpoints/toy"               # where `--stage all` writes the inference checkpoints
-# Toy steps and batch per stage: sized so that `--stage all` fits in under two hours on 2 CPU cores
-# (its two chains below take about 106 and 102 minutes).
-TOY_STEPS = {"wave-generator": 5500, "cascader": 3000, "spec-generator": 5000, "vocoder": 6000, "super-res": 3000}
-TOY_BATCH = {"wave-generator": 16, "cascader": 16, "spec-generator": 16, "vocoder": 16, "super-res": 16}
+PRESET = "default: the stage's preset at --scale (cascade.py)"
 
 
 @dataclass
 class TrainConfig:
-    """Every flag of train.py: the command line is generated from these fields."""
+    """Every flag of train.py: the command line is generated from these fields.
+
+    A field left at None takes the stage's value at cfg.scale from cascade.PRESETS (`resolve_config`).
+    """
     stage: str = field(default="wave-generator", metadata={"help": f"one of {', '.join(cascade.STAGES)}, or all"})
     scale: str = field(default="toy", metadata={"help": "toy or full (the paper's Tables 2 and 8)"})
     data: str = field(default="", metadata={"help": "manifest.jsonl (default: the toy corpus, built on first use)"})
     out: str = field(default="runs/toy", metadata={"help": "run folder: checkpoints, logs, snapshots"})
-    steps: int = field(default=0, metadata={"help": "optimizer steps (default: toy table, or Table 2 at full)"})
-    batch_size: int = field(default=0, metadata={"help": "examples per step per process (default per stage)"})
-    grad_accum: int = field(default=0, metadata={"help": "micro-batches per step (default: 1 toy, up to the paper's batch at full)"})
+    steps: int = field(default=None, metadata={"help": f"optimizer steps ({PRESET}; Table 2 at full)"})
+    batch_size: int = field(default=None, metadata={"help": f"examples per micro-batch per process ({PRESET})"})
+    grad_accum: int = field(default=None, metadata={"help": "micro-batches per step (default: enough to reach the preset's "
+                                                            "accumulate_to, the paper's batch at full; 1 toy)"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/STAGE.pt"})
     t5: str = field(default="", metadata={"help": "Hugging Face-format T5 directory (default: the toy encoder)"})
-    lr: float = field(default=0.0, metadata={"help": "peak learning rate (default 1e-3 toy, 1e-4 full)"})
-    warmup: int = field(default=-1, metadata={"help": "warm-up steps (default 100 toy, 10000 full)"})
-    lr_end: int = field(default=0, metadata={"help": "cosine end point (default: steps toy, 2.5M full)"})
-    ema_decay: float = field(default=0.0, metadata={"help": "EMA decay (default 0.999 toy, 0.9999 full)"})
+    lr: float = field(default=None, metadata={"help": f"peak learning rate ({PRESET})"})
+    warmup: int = field(default=None, metadata={"help": f"warm-up steps ({PRESET})"})
+    lr_end: int = field(default=None, metadata={"help": "the step where the cosine reaches 0 (default: the preset's; "
+                                                        "at toy scale, the run's last step)"})
+    ema_decay: float = field(default=None, metadata={"help": f"EMA decay ({PRESET})"})
     text_dropout: float = field(default=0.1, metadata={"help": "share of examples trained without text (CFG)"})
-    clean_share: float = field(default=-1.0, metadata={"help": "share of examples whose conditioning is not augmented (default 0.5 toy, 0 full)"})
+    clean_share: float = field(default=None, metadata={"help": f"share of examples whose conditioning is not augmented ({PRESET})"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     workers: int = field(default=1, metadata={"help": "DataLoader worker processes"})
@@ -90,27 +92,26 @@ def parse_args(argv=None):
         parser.error("--scale must be toy or full")
     if args.stage == "all" and args.scale != "toy" and not args.dry_run:
         parser.error("--stage all trains the toy cascade; train full-scale stages one by one")
-    for name in ("steps", "batch_size", "grad_accum", "stop_at"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must not be negative")
+    for name in ("steps", "batch_size", "grad_accum"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.stop_at < 0:
+        parser.error("--stop-at must not be negative")
     if args.data and not os.path.exists(args.data):
         parser.error(f"--data {args.data}: no such file")
     return TrainConfig(**vars(args))
 
 
-def fill_defaults(cfg: TrainConfig, spec: cascade.StageSpec) -> TrainConfig:
-    """Scale-dependent defaults (0 or -1 in a field means 'the default')."""
-    toy = cfg.scale == "toy"
-    c = dataclasses.replace(cfg)
-    c.steps = c.steps or (TOY_STEPS[spec.name] if toy else spec.paper_train_steps)
-    c.batch_size = c.batch_size or (TOY_BATCH[spec.name] if toy else 8)
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    c.grad_accum = c.grad_accum or (1 if toy else max(1, spec.paper_batch // (c.batch_size * world)))
-    c.lr = c.lr or (1e-3 if toy else 1e-4)
-    c.warmup = c.warmup if c.warmup >= 0 else (100 if toy else 10_000)
-    c.lr_end = c.lr_end or (c.steps if toy else 2_500_000)
-    c.ema_decay = c.ema_decay or (0.999 if toy else 0.9999)
-    c.clean_share = c.clean_share if c.clean_share >= 0 else (0.5 if toy else 0.0)
+def resolve_config(cfg: TrainConfig, spec: cascade.StageSpec) -> TrainConfig:
+    """cfg with every field left at None taken from the stage's preset (`spec`, cfg.scale's column)."""
+    preset = {"steps": spec.train_steps, "batch_size": spec.batch, "lr": spec.lr, "warmup": spec.warmup,
+              "ema_decay": spec.ema_decay, "clean_share": spec.clean_share}
+    c = dataclasses.replace(cfg, **{k: v for k, v in preset.items() if getattr(cfg, k) is None})
+    if c.grad_accum is None:
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        c.grad_accum = max(1, spec.accumulate_to // (c.batch_size * world))
+    if c.lr_end is None:
+        c.lr_end = spec.lr_end if spec.lr_end is not None else c.steps
     return c
 
 
@@ -233,10 +234,10 @@ def setup_distributed(device):
 def condition(batch, spec, text_cache, gen, text_dropout, device, clean_share=0.0):
     """Augment the conditioning input and encode the text: the model's keyword arguments."""
     kw = {}
-    aug = data.AUGMENTATIONS.get(spec.name)
     for route in ("cond", "aligned"):
         if route in batch:
-            kw[route], kw["aug_t"] = data.augment_conditioning(batch[route], aug, spec.schedule, gen, clean_share)
+            kw[route], kw["aug_t"] = data.augment_conditioning(batch[route], spec.augmentation, spec.schedule, gen,
+                                                               clean_share)
     if spec.has_text:
         emb, mask = text_cache(batch["text"])                          # (B, L, D), (B, L)
         empty = torch.tensor([t == "" for t in batch["text"]])
@@ -345,7 +346,7 @@ def train_stage(cfg: TrainConfig, stage: str):
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rank, world = setup_distributed(device)
     spec = cascade.stage_spec(stage, cfg.scale)
-    cfg = fill_defaults(dataclasses.replace(cfg, stage=stage), spec)
+    cfg = resolve_config(dataclasses.replace(cfg, stage=stage), spec)
     os.makedirs(cfg.out, exist_ok=True)
     ckpt = load_checkpoint(checkpoint_path(cfg, stage)) if cfg.resume and os.path.exists(checkpoint_path(cfg, stage)) else None
     if cfg.resume and ckpt is None and is_main():

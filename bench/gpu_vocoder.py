@@ -4,7 +4,7 @@
                                 [--extra NAME=CKPT] [--out runs/gpu_vocoder] [--device cuda]
 
 The shipped toy vocoder is trained for 6000 steps of 16 clips on a CPU and samples with the mel
-projection (cascade.py, _TOY_PROJECT); unprojected it renders flute as noise. This trains each
+projection (cascade.py, the vocoder preset's `project`); unprojected it renders flute as noise. This trains each
 variant of it with train.py's own loop (`train.train_stage`, the toy recipe: lr 1e-3, 100 warm-up
 steps, cosine to the last step, EMA 0.999), all at once on one GPU, each in its own process, for
 about --minutes (the step count is set from the speed of a first timed 60 steps), then measures
@@ -100,7 +100,8 @@ def train_variant(args):
     """Child process: calibrate the speed, then train one variant for about --minutes."""
     torch.set_num_threads(2)
     use_clips(args.data)
-    cascade._TOY_UNETS[STAGE] = dataclasses.replace(cascade._TOY_UNETS[STAGE], **VARIANTS[args.variant])
+    unet = cascade.PRESETS[STAGE]["unet"]
+    unet["toy"] = dataclasses.replace(unet["toy"], **VARIANTS[args.variant])
     base = dict(stage=STAGE, batch_size=args.batch, workers=args.workers, eval_every=0, device=args.device)
     probe = tempfile.mkdtemp(prefix=f"probe_{args.variant}_")
     train.train_stage(train.TrainConfig(out=probe, steps=60, log_every=60, ckpt_every=10**9, **base), STAGE)

@@ -28,7 +28,7 @@ def real_clips(corpus, n, rate, seed=0):
     """n fast then n slow real clips at `rate`, 4 s each, and their first captions."""
     rng = np.random.default_rng(seed)
     picks = [pool[i] for pool in real_groups(corpus)["tempo"] for i in rng.choice(len(pool), n, replace=False)]
-    length = round(cascade.TOY_CLIP_SECONDS * rate)
+    length = round(cascade.stage_spec("super-res", "toy").clip_seconds * rate)
     return torch.stack([load_clip(e, rate, length) for e in picks])[:, None], [e["captions"][0] for e in picks]
 
 

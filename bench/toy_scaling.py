@@ -37,7 +37,7 @@ STAGE = "wave-generator"
 
 def prepare(args):
     spec = cascade.stage_spec(STAGE, "toy")
-    cfg = train.fill_defaults(train.TrainConfig(stage=STAGE), spec)
+    cfg = train.resolve_config(train.TrainConfig(stage=STAGE), spec)
     clips, _ = train.load_stage_clips(cfg, spec)
     picks = np.random.default_rng(0).permutation(len(clips))[:args.clips]
     entries = [{k: v for k, v in clips[i][0].items() if k != "audio"} for i in picks]

@@ -11,6 +11,7 @@ import scipy.signal
 import soundfile as sf
 import torch
 
+import cascade
 import data
 import evaluate
 import toy_corpus
@@ -243,9 +244,10 @@ def test_random_crop_keeps_wave_and_frames_aligned():
 # Conditioning augmentation (section 4.1)
 
 def test_blur_kernels_and_sigma_ranges():
-    assert data.AUGMENTATIONS["cascader"] == data.Augmentation(0.5, "1d", (0.1, 5.0), 10)
-    assert data.AUGMENTATIONS["vocoder"] == data.Augmentation(1.0, "2d", (0.2, 1.0), 5)
-    assert data.AUGMENTATIONS["super-res"].t_max == 1.0
+    for scale in cascade.SCALES:
+        assert cascade.stage_spec("cascader", scale).augmentation == data.Augmentation(0.5, "1d", (0.1, 5.0), 10)
+        assert cascade.stage_spec("vocoder", scale).augmentation == data.Augmentation(1.0, "2d", (0.2, 1.0), 5)
+        assert cascade.stage_spec("super-res", scale).augmentation == data.Augmentation(1.0)
     k = data.gaussian_kernels(torch.tensor([0.1, 1.0, 5.0]), 10)
     torch.testing.assert_close(k.sum(dim=1), torch.ones(3))
     assert k.shape == (3, 10) and int(k[1].argmax()) == 5  # offsets -5..4
@@ -298,7 +300,7 @@ def test_noise_augment_draws_t_in_range_and_uses_q_sample():
     torch.testing.assert_close(t, t2)
     torch.testing.assert_close(noisy, diffusion.q_sample(cond, t2, eps, "linear"))
     spec = torch.rand(4, 80, 50) * 2 - 1
-    out, t = data.augment_conditioning(spec, data.AUGMENTATIONS["vocoder"], "linear",
+    out, t = data.augment_conditioning(spec, cascade.stage_spec("vocoder").augmentation, "linear",
                                        torch.Generator().manual_seed(1))
     assert out.shape == spec.shape and t.max() <= 1.0
 

@@ -175,7 +175,7 @@ def test_keep_band_flag(capsys):
 
 
 def test_toy_spectrogram_generator_guides_less_than_table3():
-    # Table 3's w at full scale; the toy spectrogram generator's w = 3 (cascade._TOY_W, measured)
+    # Table 3's w at full scale; the toy spectrogram generator's w = 3 (cascade.PRESETS, measured)
     assert cascade.stage_spec("spec-generator", "full").w == 5.0
     assert cascade.stage_spec("spec-generator", "toy").w == 3.0
     for stage in ("wave-generator", "cascader", "vocoder", "super-res"):
