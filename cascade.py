@@ -514,16 +514,79 @@ def keep_input_band(out, cond, rate, cond_rate):
     return torch.fft.irfft(spectrum, n=T, dim=-1).to(out.dtype)
 
 
+def encode_prompts(text_encoder, prompts, spec, device):
+    """T5 embeddings of prompts at a stage's token length: ((B, L, D), (B, L) bool mask)."""
+    tokenizer, encoder = text_encoder
+    ids, mask = tokenizer(list(prompts), spec.token_len)
+    with torch.no_grad():
+        emb = encoder(ids.to(encoder.embed.weight.device), mask.to(encoder.embed.weight.device))
+    return emb.float().to(device), mask.to(device)
+
+
+def _unconditional(prompts):
+    """(B,) bool: the empty prompts, generated without text."""
+    return torch.tensor([p.strip() == "" for p in prompts])
+
+
+def first_stage(stage: StageModel, text_encoder, prompts, seconds, knob, generator, progress=None):
+    """The generator: text -> (B, 1, T) 3.2 kHz audio (wave generator) or (B, 80, F) log-mel."""
+    spec = stage.spec
+    text, mask = encode_prompts(text_encoder, prompts, spec, stage.device)
+    channels = 80 if spec.output == "spec" else 1
+    shape = (len(prompts), channels, round(seconds * spec.frame_rate))
+    return run_stage(stage, knob, shape, generator, text, mask, _unconditional(prompts), progress)
+
+
+def second_stage(stage: StageModel, first: StageSpec, x1, text_encoder, prompts, seconds, knob, generator,
+                 progress=None):
+    """To 16 kHz: the cascader (x1, FFT-up-sampled, stacked with x_t) or the vocoder (x1 the aligned
+    log-mel). x1 is the output of the stage `first`; returns (B, 1, T) at 16 kHz."""
+    B, n2 = len(prompts), round(seconds * 16000)
+    x1 = x1.to(stage.device)
+    if stage.spec.aligned:
+        return run_stage(stage, knob, (B, 1, x1.shape[-1] * 160), generator, progress=progress, aligned=x1)[..., :n2]
+    cond = fft_resample(x1, first.sample_rate, 16000)[..., :n2]
+    text, mask = encode_prompts(text_encoder, prompts, stage.spec, stage.device)
+    return run_stage(stage, knob, (B, 1, n2), generator, text, mask, _unconditional(prompts), progress, cond=cond)
+
+
+def third_stage(stage: StageModel, x2, seconds, knob, generator, progress=None):
+    """Super-resolution: 16 kHz audio (B, 1, T), FFT-up-sampled and stacked with x_t, no text ->
+    (B, 1, T') at 24 kHz."""
+    n3 = round(seconds * 24000)
+    cond = fft_resample(x2, 16000, 24000)[..., :n3]
+    return run_stage(stage, knob, (x2.shape[0], 1, n3), generator, progress=progress, cond=cond)
+
+
 def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, device="cpu",
                      progress=None, keep=None, timings=None):
     """Prompts in, 24 kHz audio out, through the three stages of `pipeline` (Figure 1).
 
     :param stages: {name: StageModel}; text_encoder: (tokenizer, encoder) of load_t5.
     :param knobs: {stage name: Sampling}.
+    :param device: the stages' device (each stage runs where its StageModel was loaded).
     :param keep: a dict that receives the intermediates (3.2 kHz audio or log-mel, 16 kHz audio).
     :param timings: a dict that receives each stage's wall-clock seconds.
     :return: a (B, T) float tensor at 24 kHz.
     """
+    gen = torch.Generator().manual_seed(seed)
+    names = PIPELINES[pipeline]
+    first, second, third = (stages[n] for n in names)
+    bar = lambda name: progress and progress(name)
+    lap = _stopwatch(timings)
+    x1 = first_stage(first, text_encoder, prompts, seconds, knobs[names[0]], gen, bar(names[0]))
+    lap(names[0])
+    x2 = second_stage(second, first.spec, x1, text_encoder, prompts, seconds, knobs[names[1]], gen, bar(names[1]))
+    lap(names[1])
+    x3 = third_stage(third, x2, seconds, knobs[names[2]], gen, bar(names[2]))
+    lap(names[2])
+    if keep is not None:
+        keep.update({names[0]: x1.cpu(), names[1]: x2.cpu(), names[2]: x3.cpu()})
+    return x3[:, 0].cpu()
+
+
+def _stopwatch(timings):
+    """lap(name) adds the seconds since the previous lap (or since this call) to timings[name]."""
     clock = [time.perf_counter()]
 
     def lap(name):
@@ -531,45 +594,7 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
         if timings is not None:
             timings[name] = timings.get(name, 0.0) + now - clock[0]
         clock[0] = now
-
-    gen = torch.Generator().manual_seed(seed)
-    B = len(prompts)
-    names = PIPELINES[pipeline]
-    first, second, third = (stages[n] for n in names)
-    unconditional = torch.tensor([p.strip() == "" for p in prompts])
-
-    def encode(spec):
-        tokenizer, encoder = text_encoder
-        ids, mask = tokenizer(list(prompts), spec.token_len)
-        with torch.no_grad():
-            emb = encoder(ids.to(encoder.embed.weight.device), mask.to(encoder.embed.weight.device))
-        return emb.float().to(device), mask.to(device)
-
-    # stage 1: the generator (text -> 3.2 kHz audio, or text -> log-mel)
-    text, mask = encode(first.spec)
-    n1 = round(seconds * first.spec.frame_rate)
-    C1 = 80 if first.spec.output == "spec" else 1
-    x1 = run_stage(first, knobs[names[0]], (B, C1, n1), gen, text, mask, unconditional, progress and progress(names[0]))
-    lap(names[0])
-    # stage 2: cascader (FFT-up-sampled 3.2 kHz audio stacked with x_t) or vocoder (aligned log-mel)
-    n2 = round(seconds * 16000)
-    if second.spec.aligned:
-        x2 = run_stage(second, knobs[names[1]], (B, 1, n1 * 160), gen, progress=progress and progress(names[1]),
-                       aligned=x1)[..., :n2]
-    else:
-        cond = fft_resample(x1, first.spec.sample_rate, 16000)[..., :n2]
-        text2, mask2 = encode(second.spec)
-        x2 = run_stage(second, knobs[names[1]], (B, 1, n2), gen, text2, mask2, unconditional,
-                       progress and progress(names[1]), cond=cond)
-    lap(names[1])
-    # stage 3: super-resolution (FFT-up-sampled 16 kHz audio stacked with x_t, no text)
-    n3 = round(seconds * 24000)
-    cond = fft_resample(x2, 16000, 24000)[..., :n3]
-    x3 = run_stage(third, knobs[names[2]], (B, 1, n3), gen, progress=progress and progress(names[2]), cond=cond)
-    lap(names[2])
-    if keep is not None:
-        keep.update({names[0]: x1.cpu(), names[1]: x2.cpu(), names[2]: x3.cpu()})
-    return x3[:, 0].cpu()
+    return lap
 
 
 if __name__ == "__main__":

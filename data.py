@@ -42,6 +42,10 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 import torch
+from tqdm import tqdm
+
+import diffusion
+import toy_corpus
 
 # Sample rates of the cascade's stages (Table 2, section 3.6).
 STAGE_SAMPLE_RATES = {
@@ -398,7 +402,6 @@ def load_clips(entries, sample_rate, clip_seconds=CLIP_SECONDS, cache_dir=None, 
     :return: (clips, skipped): clips a list of (entry, float32 [T] wave) with `clip_index` and
         `clip_start` added to a copy of the entry; skipped a list of (path, reason).
     """
-    from tqdm import tqdm
 
     clips, skipped = [], []
     for entry in tqdm(entries, desc=f"audio @ {sample_rate} Hz", disable=not progress,
@@ -592,8 +595,6 @@ def noise_augment(cond, t_max, schedule, generator=None):
     :param schedule: the stage's noise schedule name, as in diffusion.SCHEDULES.
     :return: (q_sample(cond, t, eps, schedule), t), t a (B,) tensor.
     """
-    import diffusion
-
     t = t_max * torch.rand(cond.shape[0], generator=generator).to(cond.dtype)
     eps = torch.randn(cond.shape, generator=generator).to(cond.dtype)
     return diffusion.q_sample(cond, t, eps, schedule), t
@@ -660,8 +661,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser():
     """The command line: `toy` (synthesize the toy corpus), `tunes`, `check`."""
-    import toy_corpus
-
     parser = OneLineParser(
         prog="data.py", description="Noise2Music data: the toy corpus and real-audio manifests.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -680,8 +679,6 @@ def build_parser():
 
 def main(argv=None):
     """Entry point; user mistakes exit 2 with one line."""
-    import toy_corpus
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -62,9 +62,10 @@ The T5's token embeddings still tell "major" from "minor" apart, if less than th
 -0.27 for slow/fast, 0.03 for piano/flute), so the diffusion stages can learn the mode from
 their own (text, audio) pairs.
 """
-import argparse
+import copy
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -74,12 +75,15 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import sentencepiece as spm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import data
 import text
+from data import add_dataclass_flags as add_fields
 
 FORMAT_VERSION = 1
 DEFAULT_MODEL = "checkpoints/toy/mulan.pt"
@@ -173,8 +177,6 @@ def train_sentencepiece(sentences, vocab_size):
     Lower-cased (nmt_nfkc_cf normalization). Deterministic: one thread, no sampling or
     shuffling of the input. `hard_vocab_limit=False` lets a small corpus give fewer pieces.
     """
-    import io
-    import sentencepiece as spm
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -415,7 +417,6 @@ class ClipSet:
     """
 
     def __init__(self, entries, config, tokenizer, cache_dir=None, progress=True, group=64):
-        from tqdm import tqdm
 
         self.window = int(round(config.window_seconds * data.MEL_SAMPLE_RATE))
         self.token_len, self.count = config.token_len, lambda s: len(tokenizer.sp.encode(s)) + 1  # + EOS
@@ -552,7 +553,6 @@ def build_model(cfg, entries):
 
 def train(cfg: TrainConfig):
     """Train the two towers contrastively; write OUT/mulan.pt (and the T5 export). Returns metrics."""
-    from tqdm import tqdm
 
     t0 = time.time()
     if cfg.threads:
@@ -597,7 +597,6 @@ def train(cfg: TrainConfig):
 
 def save_outputs(cfg, model, metrics):
     """OUT/mulan.pt, and the T5 directory when asked for (float16, as the weights now are)."""
-    import copy
 
     path = os.path.join(cfg.out, "mulan.pt")
     save_mulan(path, model, {"step": cfg.steps, "train_config": dataclasses.asdict(cfg), "metrics": metrics})
@@ -696,7 +695,6 @@ def embed_vocabulary(model, texts, cache_dir, chunk=4096, progress=True):
     Written one chunk at a time with plain writes (no memory map), and read back the same way
     (`npy_chunks`), so memory stays at one chunk whatever M is. Keyed by the model and the texts.
     """
-    from tqdm import tqdm
 
     key = hashlib.sha256(model_fingerprint(model).encode())
     for t in texts:
@@ -878,7 +876,6 @@ class LabelConfig:
 
 def embed_manifest_audio(model, entries, cache_dir=None, batch_size=16, progress=True):
     """Step 1 for every entry, streaming: (N, E) embeddings of the readable entries, their indices."""
-    from tqdm import tqdm
 
     rows, kept, waves, skipped = [], [], [], []
     for i, entry in enumerate(tqdm(entries, desc="audio embeddings", disable=not progress, leave=False)):
@@ -1010,7 +1007,6 @@ def evaluate_retrieval(cfg: EvalConfig):
 
 
 def build_parser():
-    from data import add_dataclass_flags as add_fields
     parser = data.OneLineParser(prog="pseudolabel.py", description=(
         "A small MuLan-style audio-text model and the pseudo-labelling of section 3.5."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -26,10 +26,13 @@ import sys
 import numpy as np
 import soundfile as sf
 import torch
+from tqdm import tqdm
 
 import cascade
 import data
 import diffusion
+import plots
+import text
 
 MAX_SECONDS = 600.0
 
@@ -130,7 +133,6 @@ def read_knobs(args, p):
 
 def load_models(args, parser, device):
     """The three stages of the pipeline and the text encoder named by the generator's checkpoint."""
-    import text
     stages = {}
     for name in cascade.PIPELINES[args.pipeline]:
         path = os.path.join(args.ckpt_dir, f"{name}.pt")
@@ -169,32 +171,14 @@ def write_wave(path, wave, rate):
 
 
 def save_stages(base, keep, stages):
-    """base_STAGE.wav for audio intermediates, base_STAGE.png spectrogram pictures of each."""
-    from data import log_mel
+    """base_STAGE.wav for audio intermediates, and base_STAGE.png, the log-mel picture of each."""
     for name, x in keep.items():
         spec = stages[name].spec
         if spec.output == "spec":
-            mel = x.numpy()
+            plots.save_spectrogram(f"{base}_{name}.png", x.numpy(), name)
         else:
             write_wave(f"{base}_{name}.wav", x[0].numpy(), spec.sample_rate)
-            mel = log_mel(x[0].numpy(), spec.sample_rate)
-        write_png(f"{base}_{name}.png", mel[::-1])
-
-
-def write_png(path, image):
-    """A grayscale PNG of a 2-D array in [-1, 1] (low frequencies at the bottom), written with zlib."""
-    import struct
-    import zlib
-    img = (np.clip((np.asarray(image) + 1) / 2, 0, 1) * 255).astype(np.uint8)
-    h, w = img.shape
-    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+            plots.save_wave_spectrogram(f"{base}_{name}.png", x[0].numpy(), spec.sample_rate, name)
 
 
 def main(argv=None):
@@ -204,7 +188,6 @@ def main(argv=None):
     first = stages[cascade.PIPELINES[args.pipeline][0]]
     seconds = args.seconds or first.spec.clip_seconds
     check_prompts(args.prompt_list, text_encoder[0], stages)
-    from tqdm import tqdm
 
     def progress(name):
         return lambda steps: tqdm(steps, desc=name, leave=False, disable=None)

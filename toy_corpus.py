@@ -35,6 +35,7 @@ Simplifications: no repeats, ornaments or dynamics from the score; one instrumen
 synthesis, not samples.
 """
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -43,6 +44,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
 TUNES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tunes.json")
 SAMPLE_RATE = 24000  # the toy corpus is written at the super-res stage's rate
@@ -174,7 +176,7 @@ def _beat_ticks(score, notes):
 
 def _tune_record(score, defaults, header, tune_id):
     """One asset record, or None when the tune is too short or its metadata uses the vocabulary."""
-    from music21 import key as m21key
+    from music21 import key as m21key   # here: slow to import, and only `data.py tunes` needs it
 
     notes = _score_notes(score)
     if len(notes) < 16:
@@ -209,7 +211,7 @@ def _tune_record(score, defaults, header, tune_id):
 
 def _iter_scores(spec, count):
     """(score, header, id) for up to `count` tunes of one corpus entry of _SOURCES."""
-    from music21 import converter, corpus
+    from music21 import converter, corpus   # here: slow to import, and only `data.py tunes` needs it
 
     root = os.path.dirname(corpus.getPaths()[0]).split("/corpus/")[0] + "/corpus/"
     if spec in ("ryansMammoth", "bach"):
@@ -702,16 +704,12 @@ def _work(job):
 
 def write_corpus(out_dir, config, tunes_path=TUNES_PATH, progress=True):
     """Write the whole corpus (layout in CLI_DESCRIPTION); return the number of clips written."""
-    from tqdm import tqdm
-
     os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "unlabeled"), exist_ok=True)
     unlabeled = config.clips // 5 if config.unlabeled < 0 else config.unlabeled
     jobs = [(i, True) for i in range(config.clips)] + [(i, False) for i in range(unlabeled)]
     bar = tqdm(total=len(jobs), desc="toy corpus", unit="clip", disable=not progress)
     if config.workers > 1:
-        import multiprocessing
-
         with multiprocessing.get_context("fork").Pool(
                 config.workers, _init_worker, (config, tunes_path, out_dir)) as pool:
             entries = []
@@ -776,16 +774,3 @@ def run(args):
     minutes = (time.time() - start) / 60.0
     print(f"wrote {count} clips of {config.seconds:g} s to {args.out} in {minutes * 60:.1f} s "
           f"({count / max(minutes, 1e-9):.0f} clips/min)", file=sys.stderr)
-
-
-def main(argv=None):
-    """`python toy_corpus.py --out DIR ...`, the same as `python data.py toy --out DIR ...`."""
-    from data import OneLineParser
-
-    parser = OneLineParser(prog="data.py toy", description=CLI_DESCRIPTION)
-    add_arguments(parser)
-    run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -21,23 +21,27 @@ the cascaders' and vocoder's examples see their conditioning un-augmented (`--cl
 data.augment_conditioning: in a short run, the paper's t ~ U[0, t_max] would leave too few
 examples of the clean input that inference gives them).
 """
-import argparse
 import contextlib
 import dataclasses
 import json
 import math
 import os
+import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 import cascade
 import data
 import diffusion
+import plots
 import text
 from unet1d import UNet1D, UNetConfig, count_parameters
 
@@ -155,9 +159,8 @@ def load_stage_clips(cfg, spec):
 
 
 def build_toy_corpus():
-    import toy_corpus
     print(f"building the toy corpus in {TOY_DATA} (first use)")
-    toy_corpus.main(["--out", TOY_DATA])
+    data.main(["toy", "--out", TOY_DATA])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,8 +266,8 @@ def loss_on_batch(model, batch, spec, text_cache, cfg, gen, device):
 # Snapshots: a sample and a loss curve in the run folder at eval intervals
 
 def snapshot(cfg, spec, ema, batch, text_cache, step, losses, device):
-    """Write OUT/snapshots/STAGE_STEP.wav (a short EMA sample) and OUT/STAGE_loss.png."""
-    import soundfile as sf
+    """Write OUT/snapshots/STAGE_STEP.wav (a short EMA sample; .npy for a log-mel), its log-mel picture
+    STAGE_STEP.png, and OUT/STAGE_loss.png."""
     folder = os.path.join(cfg.out, "snapshots")
     os.makedirs(folder, exist_ok=True)
     one = {k: v[:1] for k, v in batch.items()}
@@ -274,29 +277,16 @@ def snapshot(cfg, spec, ema, batch, text_cache, step, losses, device):
     eps_fn = lambda x, t: ema(x, t, **kw).float()
     deltas = diffusion.step_schedule("uniform", 20)
     x = diffusion.sample(eps_fn, torch.randn(one["x0"].shape, generator=gen).to(device), deltas, spec.schedule, 0.0, gen)
+    base = os.path.join(folder, f"{spec.name}_{step:07d}")
+    title = f"{spec.name}, step {step}"
     if spec.output == "spec":
-        np.save(os.path.join(folder, f"{spec.name}_{step:07d}.npy"), x[0].cpu().numpy())
+        np.save(base + ".npy", x[0].cpu().numpy())
+        plots.save_spectrogram(base + ".png", x[0].cpu().numpy(), title)
     else:
         wave = x[0, 0].clamp(-1, 1).cpu().numpy()
-        sf.write(os.path.join(folder, f"{spec.name}_{step:07d}.wav"), wave, spec.sample_rate)
-    plot_losses(losses, os.path.join(cfg.out, f"{spec.name}_loss.png"))
-
-
-def plot_losses(losses, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return                      # plotting is optional
-    steps, values = zip(*losses)
-    plt.figure(figsize=(6, 3))
-    plt.semilogy(steps, values, lw=0.5)
-    plt.xlabel("step")
-    plt.ylabel("loss")
-    plt.tight_layout()
-    plt.savefig(path)
-    plt.close()
+        sf.write(base + ".wav", wave, spec.sample_rate)
+        plots.save_wave_spectrogram(base + ".png", wave, spec.sample_rate, title)
+    plots.save_losses(os.path.join(cfg.out, f"{spec.name}_loss.png"), losses)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,7 +375,6 @@ def train_stage(cfg: TrainConfig, stage: str):
         print(f"{stage}: {count_parameters(model) / 1e6:.2f}M params, {len(clips)} clips from {manifest}, "
               f"{cfg.steps} steps of {cfg.batch_size} x {cfg.grad_accum} x {world} on {device}")
 
-    from tqdm import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc=stage, disable=not is_main(), dynamic_ncols=True)
     log = open(os.path.join(cfg.out, f"{stage}.log.jsonl"), "a") if is_main() else None
     micro = iter(loader)
@@ -494,7 +483,6 @@ TEXT_STAGES = ("wave-generator", "cascader", "spec-generator")
 
 def train_all(cfg):
     """The whole toy cascade: corpus, text encoder (MuLan text tower), the five stages; then export."""
-    import threading
     results = []
     os.makedirs(cfg.out, exist_ok=True)
     if not cfg.data and not os.path.exists(os.path.join(TOY_DATA, "manifest.jsonl")):
@@ -524,7 +512,6 @@ class TextReady:
     """The text encoder's state, shared by the two chains: wait() blocks until it is trained, then says if it was."""
 
     def __init__(self):
-        import threading
         self.event, self.ok = threading.Event(), False
 
     def finish(self, ok):
@@ -542,7 +529,6 @@ def run_chain(cfg, chain, results, text_ready):
     A stage that reads text first waits for the text encoder; a failed stage ends its chain (and
     a failed text encoder the other chain's text stages too).
     """
-    import subprocess
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for stage in chain:
         t0 = time.time()

@@ -63,6 +63,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from diffusion import alpha_sigma
+
 
 @dataclass
 class UNetConfig:
@@ -241,7 +243,6 @@ class UNet1D(nn.Module):
         """
         cfg = self.config
         if cfg.data_std:                                                     # preconditioning (EDM)
-            from diffusion import alpha_sigma
             alpha, sigma = (v.to(x_t.dtype)[:, None, None] for v in alpha_sigma(t, cfg.schedule))
             r = torch.sqrt(sigma ** 2 + (alpha * cfg.data_std) ** 2)
             u = x_t / r

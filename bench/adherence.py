@@ -5,7 +5,7 @@
                               [--from-real 10] [sample.py's --STAGE-FIELD knobs, e.g. --cascader-gamma 0]
                               [--save-audio FILE] [--rescore FILE]
 
-1. The analyzer (evaluate.py: onset rate, median pitch, percussive ratio) is first checked on the
+1. The analyzer (audio_measures.py: onset rate, median pitch, percussive ratio) is first checked on the
    toy corpus's real clips: --pairs random clips of each word (fast/slow, flute/bass, drums/solo),
    all pairs of them.
 2. For each pipeline, prompt pairs that differ in one vocabulary word (INTERFACES.md) are
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import audio_measures  # noqa: E402
 import cascade  # noqa: E402
 import data  # noqa: E402
-import evaluate  # noqa: E402
 import sample  # noqa: E402
 
 INSTRUMENTS = ("piano", "guitar", "organ")
@@ -42,7 +42,7 @@ KINDS = {  # kind: (measurement, word that should measure higher, word that shou
 
 
 def measure(kind, wave, rate):
-    fn = getattr(evaluate, KINDS[kind][0])
+    fn = getattr(audio_measures, KINDS[kind][0])
     return float(fn(np.asarray(wave, dtype=np.float64), rate))
 
 

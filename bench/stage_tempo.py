@@ -6,7 +6,7 @@
 real input, at its default sampler settings: the cascader gets the clip taken down to 3.2 kHz and
 its first caption, the vocoder the clip's log-mel, super-res the clip taken down to 16 kHz (with
 and without keep_band, cascade.py). Printed per stage: the share of the clips^2 fast/slow pairs
-that evaluate.onset_rate orders right at the stage's output, against the real clips' own share,
+that audio_measures.onset_rate orders right at the stage's output, against the real clips' own share,
 and the mean |onset-rate error| per clip against the real clip. For super-res also the plain
 FFT up-sampling (the floor: what resampling alone moves) and the share of energy above 8 kHz.
 """

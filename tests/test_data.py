@@ -1,4 +1,4 @@
-"""Tests for data.py (sections 3.3, 3.6, 4.1), the toy corpus and evaluate.py's measurements."""
+"""Tests for data.py (sections 3.3, 3.6, 4.1), the toy corpus and the audio measurements (audio_measures.py)."""
 import json
 import math
 import os
@@ -11,9 +11,9 @@ import scipy.signal
 import soundfile as sf
 import torch
 
+import audio_measures
 import cascade
 import data
-import evaluate
 import toy_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -377,19 +377,19 @@ def _measure(measure, rate, n=10, seed=0, **fixed):
 
 
 def test_fast_clips_have_more_onsets_than_slow_ones():
-    slow = _measure(evaluate.onset_rate, 24000, tempo="slow", seed=1)
-    fast = _measure(evaluate.onset_rate, 24000, tempo="fast", seed=2)
+    slow = _measure(audio_measures.onset_rate, 24000, tempo="slow", seed=1)
+    fast = _measure(audio_measures.onset_rate, 24000, tempo="fast", seed=2)
     assert np.median(fast) > 1.6 * np.median(slow) and fast.mean() > 1.6 * slow.mean()
 
 
 def test_onset_rate_ignores_a_steady_hiss():
     """White noise 20 dB under the music (RMS 0.01 against 0.1) neither adds onsets nor flips the order."""
     rng = np.random.default_rng(7)
-    hiss = lambda w, r: evaluate.onset_rate(w + 0.01 * rng.standard_normal(len(w)), r)
+    hiss = lambda w, r: audio_measures.onset_rate(w + 0.01 * rng.standard_normal(len(w)), r)
     slow = _measure(hiss, 24000, tempo="slow", seed=1)
     fast = _measure(hiss, 24000, tempo="fast", seed=2)
     assert np.median(fast) > 1.6 * np.median(slow)
-    assert np.all(np.abs(slow - _measure(evaluate.onset_rate, 24000, tempo="slow", seed=1)) <= 1.0)
+    assert np.all(np.abs(slow - _measure(audio_measures.onset_rate, 24000, tempo="slow", seed=1)) <= 1.0)
     sr = 16000
     clicks = np.zeros(2 * sr)
     clicks[::sr // 4] = 1.0
@@ -398,8 +398,8 @@ def test_onset_rate_ignores_a_steady_hiss():
 
 @pytest.mark.parametrize("rate", [16000, 3200])
 def test_bass_clips_are_lower_than_flute_clips(rate):
-    bass = _measure(evaluate.median_pitch, rate, instrument="bass", seed=3)
-    flute = _measure(evaluate.median_pitch, rate, instrument="flute", seed=4)
+    bass = _measure(audio_measures.median_pitch, rate, instrument="bass", seed=3)
+    flute = _measure(audio_measures.median_pitch, rate, instrument="flute", seed=4)
     assert bass.max() < 53 and np.median(flute) > 71 and np.median(flute) - np.median(bass) > 24
 
 
@@ -407,27 +407,27 @@ def test_median_pitch_is_the_same_at_any_rate():
     """The same audio measures alike at 24 and 16 kHz. Flutes with drums are the hard case: with
     frames of a fixed sample count (85 ms at 24 kHz, 128 ms at 16 kHz) the second of these clips
     measured 82.97 at 24 kHz and 78.03 at 16 kHz."""
-    at24 = _measure(evaluate.median_pitch, 24000, n=3, seed=11, instrument="flute", drums=True)
-    at16 = _measure(evaluate.median_pitch, 16000, n=3, seed=11, instrument="flute", drums=True)
+    at24 = _measure(audio_measures.median_pitch, 24000, n=3, seed=11, instrument="flute", drums=True)
+    at16 = _measure(audio_measures.median_pitch, 16000, n=3, seed=11, instrument="flute", drums=True)
     assert np.all(np.isfinite(at24)) and np.abs(at24 - at16).max() < 0.05
 
 
 def test_drum_clips_are_more_percussive_than_solo_ones():
-    drums = _measure(evaluate.percussive_ratio, 24000, drums=True, seed=5)
-    solo = _measure(evaluate.percussive_ratio, 24000, drums=False, seed=6)
+    drums = _measure(audio_measures.percussive_ratio, 24000, drums=True, seed=5)
+    solo = _measure(audio_measures.percussive_ratio, 24000, drums=False, seed=6)
     assert drums.min() > 2 * solo.max()
 
 
 def test_measurements_on_closed_form_signals():
     sr = 16000
     t = np.arange(2 * sr) / sr
-    assert abs(evaluate.median_pitch(np.sin(2 * np.pi * 110.0 * t), sr) - 45.0) < 0.1
+    assert abs(audio_measures.median_pitch(np.sin(2 * np.pi * 110.0 * t), sr) - 45.0) < 0.1
     clicks = np.zeros(2 * sr)
     clicks[::sr // 4] = 1.0  # 4 clicks per second
-    assert abs(evaluate.onset_rate(clicks, sr) - 4.0) <= 0.5
+    assert abs(audio_measures.onset_rate(clicks, sr) - 4.0) <= 0.5
     noise = np.random.default_rng(0).standard_normal(sr)
     sine = np.sin(2 * np.pi * 440 * t[:sr])
-    assert evaluate.percussive_ratio(sine, sr) < 0.05 < evaluate.percussive_ratio(clicks, sr)
+    assert audio_measures.percussive_ratio(sine, sr) < 0.05 < audio_measures.percussive_ratio(clicks, sr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,7 +487,7 @@ def test_griffin_lim_inverts_log_mel_up_to_phase():
         assert back.shape == wave.shape
         loud = spec > spec.max() - 0.25                       # 0.25 of the [-1, 1] range = 30 dB
         assert (data.log_mel(back) - spec)[:, 5:-5][loud[:, 5:-5]].abs().mean() < 0.05
-        assert evaluate.median_pitch(back.numpy(), 16000) == pytest.approx(midi, abs=0.3)
+        assert audio_measures.median_pitch(back.numpy(), 16000) == pytest.approx(midi, abs=0.3)
         assert back.pow(2).mean().sqrt() == pytest.approx(wave.pow(2).mean().sqrt(), rel=0.1)
     silence = data.griffin_lim(torch.full((2, 80, 10), -1.0))
     assert silence.shape == (2, 1600) and silence.abs().max() < 1e-3

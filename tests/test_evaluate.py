@@ -1,13 +1,14 @@
-"""evaluate.py: FAD against a direct scipy computation, the embedders, the Table 6 layout, the 16 kHz
-generation path against cascade_generate, the results/ablations commands end to end on tiny
-random models, and the command line's errors."""
+"""evaluate.py and its parts (metrics.py, eval_set.py, reports.py, plots.py): FAD against a direct scipy
+computation, the embedders, the Table 6 layout, the 16 kHz generation path against cascade_generate,
+the results/ablations commands end to end on tiny random models, the spectrogram picture, and the
+command line's errors."""
 import dataclasses
 import json
 import os
 import subprocess
 import sys
-import zlib
 
+import matplotlib.image
 import numpy as np
 import pytest
 import scipy.linalg
@@ -16,8 +17,12 @@ import torch
 
 import cascade
 import data
+import eval_set
 import evaluate as ev
+import metrics
+import plots
 import pseudolabel as pl
+import reports
 import text
 import unet1d
 from tests import helpers
@@ -41,23 +46,23 @@ def test_fad_equals_the_direct_sqrtm_computation_on_fixed_data():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(300, 8)) @ rng.normal(size=(8, 8))
     b = 0.7 * rng.normal(size=(200, 8)) @ rng.normal(size=(8, 8)) + rng.normal(size=8)
-    assert ev.fad(a, b) == pytest.approx(_direct_fad(a, b), rel=1e-9)
-    assert ev.fad(a, b) == pytest.approx(ev.fad(b, a), rel=1e-9)          # symmetric
-    assert ev.fad(a, a) < 1e-9 and ev.fad(a, b) > 1.0
+    assert metrics.fad(a, b) == pytest.approx(_direct_fad(a, b), rel=1e-9)
+    assert metrics.fad(a, b) == pytest.approx(metrics.fad(b, a), rel=1e-9)          # symmetric
+    assert metrics.fad(a, a) < 1e-9 and metrics.fad(a, b) > 1.0
     # [N x K x E] frame embeddings are pooled into one set
-    assert ev.fad(a.reshape(100, 3, 8), b) == pytest.approx(ev.fad(a, b), rel=1e-12)
+    assert metrics.fad(a.reshape(100, 3, 8), b) == pytest.approx(metrics.fad(a, b), rel=1e-12)
 
 
 def test_frechet_distance_closed_form_for_diagonal_gaussians_and_singular_sets():
     mu1, mu2 = np.array([1.0, 2.0, 0.0]), np.array([0.0, 0.0, 3.0])
     v1, v2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
     expected = 1 + 4 + 9 + ((np.sqrt(v1) - np.sqrt(v2)) ** 2).sum()
-    assert ev.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(expected, rel=1e-12)
+    assert metrics.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(expected, rel=1e-12)
     rng = np.random.default_rng(1)                                       # N < E: singular covariances
     a, b = rng.normal(size=(10, 32)), rng.normal(size=(12, 32)) + 0.5
-    assert np.isfinite(ev.fad(a, b)) and ev.fad(a, b) > 0 and ev.fad(a, a) < 1e-9
+    assert np.isfinite(metrics.fad(a, b)) and metrics.fad(a, b) > 0 and metrics.fad(a, a) < 1e-9
     with pytest.raises(ValueError):
-        ev.fad(a[:1], b)
+        metrics.fad(a[:1], b)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,12 +91,12 @@ def _clicks(n, seed, seconds=2.0):
 
 
 def test_mfcc_embedder_is_deterministic_and_separates_tones_from_clicks():
-    embed = ev.MfccEmbedder()
-    tones_a, tones_b, clicks = (ev.log_mels(x, SR) for x in (_tones(12, 0), _tones(12, 1), _clicks(12, 2)))
+    embed = metrics.MfccEmbedder()
+    tones_a, tones_b, clicks = (metrics.log_mels(x, SR) for x in (_tones(12, 0), _tones(12, 1), _clicks(12, 2)))
     e = embed(tones_a)
     assert e.shape == (12, 2, 39) and np.array_equal(e, embed(tones_a))    # two 1 s windows of 39
-    assert np.array_equal(ev.log_mels(_tones(3, 0), SR), ev.log_mels(_tones(3, 0), SR))
-    same, different = ev.fad(e, embed(tones_b)), ev.fad(e, embed(clicks))
+    assert np.array_equal(metrics.log_mels(_tones(3, 0), SR), metrics.log_mels(_tones(3, 0), SR))
+    same, different = metrics.fad(e, embed(tones_b)), metrics.fad(e, embed(clicks))
     assert different > 10 * same, (same, different)
 
 
@@ -110,13 +115,13 @@ def tiny_mulan():
 
 def test_mulan_embedder_equals_pseudolabel_embed_audio_and_embed_text(tiny_mulan):
     waves = _tones(3, 4, seconds=0.5)                                    # one window each
-    ours = ev.MulanEmbedder(tiny_mulan)(ev.log_mels(waves, SR))
+    ours = metrics.MulanEmbedder(tiny_mulan)(metrics.log_mels(waves, SR))
     assert ours.shape == (3, 1, 16)
     np.testing.assert_allclose(ours[:, 0], pl.embed_audio(tiny_mulan, waves, SR).numpy(), atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(ev.MulanEmbedder(tiny_mulan)(ev.log_mels(_tones(2, 5, 1.7), SR)), axis=-1), 1.0,
+    np.testing.assert_allclose(np.linalg.norm(metrics.MulanEmbedder(tiny_mulan)(metrics.log_mels(_tones(2, 5, 1.7), SR)), axis=-1), 1.0,
                                rtol=1e-5)                                # three windows averaged: a unit vector
     prompts = ["a slow piano tune in a major key", "fast drums and bass"]
-    np.testing.assert_allclose(ev.MulanEmbedder(tiny_mulan).text(prompts), pl.embed_text(tiny_mulan, prompts).numpy())
+    np.testing.assert_allclose(metrics.MulanEmbedder(tiny_mulan).text(prompts), pl.embed_text(tiny_mulan, prompts).numpy())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,23 +129,23 @@ def test_mulan_embedder_equals_pseudolabel_embed_audio_and_embed_text(tiny_mulan
 
 def test_similarity_rows_layout_with_tiny_inputs():
     gt = np.eye(4)                                                       # four orthogonal unit clips
-    rows = ev.similarity_rows(gt, gt, gt[:, None], {"copy": gt, "opposite": -gt, "blend": np.full((4, 4), 0.5)},
+    rows = metrics.similarity_rows(gt, gt, gt[:, None], {"copy": gt, "opposite": -gt, "blend": np.full((4, 4), 0.5)},
                               np.random.default_rng(0))
     assert [r[0] for r in rows] == ["Ground truth audio", "Randomly shuffled audio", "copy", "opposite", "blend"]
     assert rows[0][1:] == (1.0, 1.0) and rows[1][1:] == (0.0, 0.0)      # shuffled: always another clip
     assert rows[2][1:] == (1.0, 1.0) and rows[3][1:] == (-1.0, -1.0) and rows[4][1:] == (0.5, 0.5)
-    table = ev.markdown_table(["Model", "audio <-> gt-text", "audio <-> gt-audio"], [r for r in rows])
+    table = reports.markdown_table(["Model", "audio <-> gt-text", "audio <-> gt-audio"], [r for r in rows])
     lines = table.splitlines()
     assert lines[0] == "| Model | audio <-> gt-text | audio <-> gt-audio |" and lines[1] == "|---|---|---|"
     assert lines[2] == "| Ground truth audio | 1.000 | 1.000 |" and len(lines) == 7
-    p = ev.derangement(5, np.random.default_rng(3))
+    p = metrics.derangement(5, np.random.default_rng(3))
     assert sorted(p) == list(range(5)) and all(p != np.arange(5))
 
 
 def test_middle_takes_the_centre_and_keeps_short_clips_whole():
     x = np.arange(30 * 10)                                               # 30 s at 10 per second
-    assert np.array_equal(ev.middle(x, 10, 10.0), np.arange(100, 200))
-    assert np.array_equal(ev.middle(x[:40], 10, 10.0), x[:40])
+    assert np.array_equal(eval_set.middle(x, 10, 10.0), np.arange(100, 200))
+    assert np.array_equal(eval_set.middle(x[:40], 10, 10.0), x[:40])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,7 +165,7 @@ def write_corpus(folder):
                 path = f"audio/{c}_{i}.wav"
                 sf.write(os.path.join(folder, path), wave, SR)
                 f.write(json.dumps({"audio": path, "captions": [f"clip {c} {i}"], "attributes": attributes}) + "\n")
-    with open(os.path.join(folder, ev.HELDOUT_CAPTIONS), "w") as f:
+    with open(os.path.join(folder, eval_set.HELDOUT_CAPTIONS), "w") as f:
         for c, attributes in enumerate(COMBOS):
             for phrasing in ("a slow piano tune", "fast drums and bass") if c == 0 else ("an organ chorale, solo", "lo-fi guitar ballad"):
                 f.write(json.dumps({"caption": phrasing, "attributes": attributes}) + "\n")
@@ -191,7 +196,7 @@ def setup(tmp_path_factory, tiny_mulan):
 
 def test_eval_set_pairs_each_prompt_with_distinct_fitting_clips(setup):
     corpus, _ = setup
-    es = ev.eval_set(corpus, 4, refs=1, seed=0)
+    es = eval_set.eval_set(corpus, 4, refs=1, seed=0)
     key = lambda a: json.dumps(a, sort_keys=True)
     assert sorted(map(key, es.attributes)) == sorted(map(key, COMBOS * 2))
     assert set(map(key, es.attributes[:2])) == set(map(key, COMBOS))    # every combination first
@@ -199,10 +204,10 @@ def test_eval_set_pairs_each_prompt_with_distinct_fitting_clips(setup):
     clips = [c for cs in es.clips for c in cs]
     assert len(set(clips)) == len(clips) == 8
     assert all(entries[c] == a for cs, a in zip(es.clips, es.attributes) for c in cs)
-    with pytest.raises(ev.UsageError):
-        ev.eval_set(corpus, 4, refs=2, seed=0)                           # 4 clips per combination: 2 x 3 > 4
-    with pytest.raises(ev.UsageError):
-        ev.eval_set(corpus, 5, refs=1, seed=0)                           # only 4 held-out phrasings
+    with pytest.raises(eval_set.UsageError):
+        eval_set.eval_set(corpus, 4, refs=2, seed=0)                           # 4 clips per combination: 2 x 3 > 4
+    with pytest.raises(eval_set.UsageError):
+        eval_set.eval_set(corpus, 5, refs=1, seed=0)                           # only 4 held-out phrasings
 
 
 @pytest.fixture()
@@ -217,19 +222,19 @@ def one_thread():
 @pytest.mark.parametrize("pipeline", ["wave", "spec"])
 def test_16khz_path_equals_cascade_generate_intermediate(setup, pipeline, one_thread):
     _, ckpt = setup
-    models, text_encoder = ev.load_pipeline(ckpt, pipeline)
+    models, text_encoder = eval_set.load_pipeline(ckpt, pipeline)
     stages = dict(models, **{"super-res": cascade.StageModel(os.path.join(ckpt, "super-res.pt"))})
-    knobs = ev.default_knobs(steps=2)
+    knobs = eval_set.default_knobs(steps=2)
     prompts = ["a slow piano tune", "fast drums and bass", "lo-fi guitar ballad"]
     keep = {}
     cascade.cascade_generate(stages, text_encoder, prompts[:2], pipeline, 0.25, 5, knobs, keep=keep)
-    first = ev.generate_first(models, text_encoder, prompts, pipeline, 0.25, knobs, seed=5, batch=2)
-    second = ev.generate_second(models, text_encoder, prompts, pipeline, 0.25, knobs, first, batch=2)
+    first = eval_set.generate_first(models, text_encoder, prompts, pipeline, 0.25, knobs, seed=5, batch=2)
+    second = eval_set.generate_second(models, text_encoder, prompts, pipeline, 0.25, knobs, first, batch=2)
     name1, name2 = cascade.PIPELINES[pipeline][:2]
     assert torch.equal(first.x[:2], keep[name1]) and torch.equal(second.x[:2], keep[name2])
     assert second.x.shape == (3, 1, 4000)
     # the untrained baseline: same configs, other weights
-    untrained, _ = ev.load_pipeline(ckpt, pipeline, untrained_seed=0)
+    untrained, _ = eval_set.load_pipeline(ckpt, pipeline, untrained_seed=0)
     a, b = (dict(m[name2].model.named_parameters()) for m in (models, untrained))
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
 
@@ -245,14 +250,14 @@ def test_results_and_ablations_commands_end_to_end(setup, tmp_path, one_thread):
     corpus, ckpt = setup
     common = ["--ckpt-dir", ckpt, "--corpus", corpus, "--n", "2", "--refs", "2", "--steps", "2", "--seconds", "0.5"]
     rows = ev.main(["results", *common, "--out", str(tmp_path / "r")])
-    assert list(rows) == ["Ground truth audio"] + [s[0] for s in ev.SYSTEMS]
+    assert list(rows) == ["Ground truth audio"] + [s[0] for s in reports.SYSTEMS]
     assert all(np.isfinite(v) for r in rows.values() for v in r.values())
     report = (tmp_path / "r" / "results.md").read_text()
     assert "## Table 5" in report and "## Table 6" in report and "| Untrained Spectrogram |" in report
     assert json.loads((tmp_path / "r" / "results.json").read_text())["meta"]["n"] == 2
     records = ev.main(["ablations", *common, "--stages", "cascader,vocoder", "--out", str(tmp_path / "a")])
     assert [(r["knob"], r["value"]) for r in records if r["stage"] == "cascader"] == \
-        [("w", w) for w in ev.CFG_SCALES] + [("schedule", s) for s in ev.SCHEDULES] + [("steps", s) for s in (1, 1, 2, 4)]
+        [("w", w) for w in reports.CFG_SCALES] + [("schedule", s) for s in reports.SCHEDULES] + [("steps", s) for s in (1, 1, 2, 4)]
     assert {r["knob"] for r in records if r["stage"] == "vocoder"} == {"schedule", "steps"}   # no text, no CFG
     assert "![" in (tmp_path / "a" / "ablations.md").read_text()
     for name in ("cfg.png", "schedule.png", "steps.png"):
@@ -260,17 +265,20 @@ def test_results_and_ablations_commands_end_to_end(setup, tmp_path, one_thread):
         assert w >= 330 and h >= 230
 
 
-def test_canvas_writes_a_decodable_rgb_png(tmp_path):
-    canvas = ev.Canvas(40, 20)
-    canvas.line(0, 0, 39, 19, ev.BLUE, width=2)
-    canvas.text(2, 2, "FAD 1.5", ev.BLACK)
-    canvas.save(tmp_path / "x.png")
-    raw = (tmp_path / "x.png").read_bytes()
-    assert _png_size(tmp_path / "x.png") == (40, 20)
-    start = raw.index(b"IDAT") + 4
-    rows = zlib.decompress(raw[start:start + int.from_bytes(raw[start - 8:start - 4], "big")])
-    pixels = np.frombuffer(rows, np.uint8).reshape(20, 1 + 40 * 3)[:, 1:].reshape(20, 40, 3)
-    assert np.array_equal(pixels, canvas.pixels)
+def test_save_spectrogram_draws_the_log_mel_low_channels_at_the_bottom(tmp_path):
+    mel = -np.ones((80, 200), dtype=np.float32)
+    mel[:10] = 1.0                                                       # a loud low band, silence above
+    plots.save_spectrogram(tmp_path / "x.png", mel, "a test")
+    image = matplotlib.image.imread(tmp_path / "x.png")[..., :3]         # (H, W, RGB) floats
+    H, W, _ = image.shape
+    assert W > 200 and H > 150
+    column = image[:, W // 3]                                            # a column through the plot area
+    colours = {tuple(np.round(c, 2)) for c in column}
+    assert len(colours) > 3                                              # frame, band and silence differ
+    bright = column.sum(-1)
+    plot_rows = np.flatnonzero(np.abs(np.diff(bright)) > 0.3)            # edges: frame and band limits
+    top, bottom = plot_rows.min(), plot_rows.max()
+    assert bright[bottom - 2] > bright[top + 3]                          # the loud band is drawn at the bottom
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,7 +324,7 @@ def test_help_of_each_command(capsys):
 
 def test_a_broken_corpus_exits_2_with_one_line(tmp_path, capsys):
     (tmp_path / "manifest.jsonl").write_text("not json\n")
-    (tmp_path / ev.HELDOUT_CAPTIONS).write_text(json.dumps({"caption": "x", "attributes": {}}) + "\n")
+    (tmp_path / eval_set.HELDOUT_CAPTIONS).write_text(json.dumps({"caption": "x", "attributes": {}}) + "\n")
     (tmp_path / "mulan.pt").write_bytes(b"")
     with pytest.raises(SystemExit) as exit:
         ev.main(["results", "--corpus", str(tmp_path), "--mulan", str(tmp_path / "mulan.pt")])
