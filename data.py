@@ -65,7 +65,7 @@ def fft_resample(x, orig_sr, new_sr):
     """Resample along the last axis by zero-padding or truncating the spectrum (section 3.3.1).
 
     The clip is treated as one period of a periodic signal, so resample whole clips and crop
-    afterwards (NOTES trap 6). The output has `T * new_sr // orig_sr` samples (floor). The
+    afterwards (a crop taken first would wrap its end onto its start). The output has `T * new_sr // orig_sr` samples (floor). The
     Nyquist bin of an even-length spectrum is split in two when up-sampling and folded back when
     down-sampling, exactly as scipy.signal.resample does, so the two agree to rounding error.
 
@@ -234,7 +234,7 @@ def project_to_mel(wave, spec, magnitude=None):
     """`wave` with the STFT magnitude of the log-mel `spec` and its own phase: one Griffin-Lim round.
 
     wave [... x F * 160] at 16 kHz, spec [... x 80 x F]. The vocoder's sampler can apply it to
-    each step's estimate of x_0 (cascade.py, the note on mel projection; GLA-Grad, Liu et al. 2024),
+    each step's estimate of x_0 (cascade.mel_projection; GLA-Grad, Liu et al. 2024),
     passing `magnitude` = mel_magnitude(spec), computed once for all the steps.
     """
     lead, T = wave.shape[:-1], wave.shape[-1]

@@ -31,7 +31,7 @@ STEP_SCHEDULES = ("uniform", "front-heavy", "back-heavy", "back-heavy-eval")
 WEIGHTINGS = ("unit", "sigma2")
 
 # Imagen's dynamic thresholding takes "a certain percentile absolute pixel value" of x_0; neither
-# Noise2Music nor Imagen gives the value (NOTES trap 3), and re-implementations use 0.9 to 0.999
+# Noise2Music nor Imagen gives the value (docs/paper-notes.md), and re-implementations use 0.9 to 0.999
 # (imagen-pytorch: 0.95). We choose the 99.5th percentile: audio peaks are sparse, so a high
 # percentile rescales only when more than 0.5% of an example's samples leave [-1, 1]. It is a
 # free choice: pass another to `dynamic_clip` / `guided_eps_fn`, or None to turn clipping off.
@@ -56,7 +56,7 @@ def _linear_log_snr(t):
 
     The paper prints eq. 5, "sigma_t^2 linear in t from 1e-4 to 0.02", but read literally that
     leaves sigma_1^2 = 0.02, so x_1 is 99% signal and sampling from x_1 ~ N(0, I) would be wrong
-    (NOTES trap 2). The numbers are those of the DDPM *beta* schedule (Ho et al. 2020: beta_n from
+    (docs/paper-notes.md). The numbers are those of the DDPM *beta* schedule (Ho et al. 2020: beta_n from
     1e-4 to 0.02 over 1000 steps), which the paper cites, so that is the reading implemented.
     Over t in [0, 1], -ln prod(1 - beta_n) ~= 0.1 t + 9.95 t^2; the continuous form in common use
     (e.g. Imagen re-implementations) rounds this to 1e-4 + 10 t^2, giving alpha_t^2 =

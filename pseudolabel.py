@@ -9,7 +9,7 @@ MuLan-style joint embedding model of our own, and the toy T5 text encoder that f
     python pseudolabel.py eval --manifest toy_data/corpus/manifest.jsonl --model checkpoints/toy/mulan.pt
 
 MuLan (Huang et al. 2022) co-embeds a 10 s music clip and a sentence that describes it, trained
-contrastively on noisy music-text pairs; its weights are not public (NOTES trap 7), so this file
+contrastively on noisy music-text pairs; its weights are not public, so this file
 trains a small one. Section 3.5 then uses it as a zero-shot classifier, step by step:
   1. each clip is cut into non-overlapping 10 s windows; the window embeddings are averaged
      (`embed_audio`);
@@ -42,7 +42,7 @@ Simplifications, all deliberate:
   millions of music recordings; here both are tiny (`CONFIGS["toy"]`: about 1M parameters) and trained in minutes
   on the toy corpus's captioned clips. The toy window is the whole 4 s toy clip, not 10 s.
 - The text tower is T5 (not BERT), because the same weights then serve as the cascade's text
-  encoder at toy scale (issue [text]); at full scale the cascade uses a real pre-trained T5 and
+  encoder at toy scale; at full scale the cascade uses a real pre-trained T5 and
   this MuLan's text tower is independent of it.
 - LaMDA does not write our long-form vocabulary: it is the toy corpus's own template captions plus
   its held-out phrasings; the short-form vocabulary is its tags.

@@ -10,7 +10,7 @@ checkpoint's scale (Table 7's lengths at full scale, fewer for the toy models); 
 eq. 4 (diffusion.sample) on the EMA weights, with classifier-free guidance followed by dynamic
 clipping of the implied x_0 (not for the spectrogram generator: cascade.py says why). The toy
 vocoder also projects each x_0 estimate onto its log-mel's magnitude (`--vocoder-project`; not in
-the paper: cascade.py's note on mel projection). Same prompt, seed and settings give the same
+the paper: cascade.mel_projection). Same prompt, seed and settings give the same
 audio on one machine.
 
 Choices: an empty prompt is generated unconditionally (the cross-attention output zeroed, as for

@@ -6,7 +6,7 @@ The frozen T5 text encoder that conditions Noise2Music (section 3.4 of the paper
 
 Every text-aware stage (wave generator, wave cascader, spec generator) cross-attends to
 `encoder(ids, mask)`, a (B, L, D) sequence with D = encoder.config.d_model, L = 64 or 96 tokens
-(Table 8). The paper does not say which T5 it used (trap 4 in NOTES.md); D sets the width of the
+(Table 8). The paper does not say which T5 it used (docs/paper-notes.md); D sets the width of the
 cross-attention keys and values, so the choice is the user's: any Hugging Face-format T5 directory
 works, and the toy scale runs through this same code with a small T5 of its own.
 

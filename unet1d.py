@@ -49,12 +49,12 @@ Choices the paper leaves open, and how this file fills them (each is a simplific
   - Attention uses pre-GroupNorm, torch's scaled_dot_product_attention, and head size C / heads.
   - Classifier-free guidance dropout (section 4.1): the cross-attention OUTPUT is multiplied by
     zero for the dropped examples (`drop_text`); `text=None` zeroes it for the whole batch.
-  - Lengths the stride product does not divide (NOTES trap 5: 96,000 samples vs 4^6) are
+  - Lengths the stride product does not divide (96,000 samples, 30 s at 3.2 kHz, vs 4^6) are
     zero-padded at the end to the next multiple and the output is cropped back.
 An addition the paper does not have: `UNetConfig.dilation`, per depth a growth g such that the
 two convolutions of that depth's block b dilate by g^(2b) and g^(2b+1) (WaveGrad's and DiffWave's
 way of widening a waveform model's reach without more depth). g = 1 everywhere (the default, and
-every preset) is Appendix B's block; cascade.py gives what a dilated toy vocoder measured.
+every preset) is Appendix B's block; docs/experiments.md records the trial of a dilated toy vocoder.
 """
 import math
 from dataclasses import asdict, dataclass, fields
@@ -255,7 +255,7 @@ class UNet1D(nn.Module):
         """The U-Net proper: Figure 1's stack, on the (possibly preconditioned) inputs."""
         cfg = self.config
         T = x_t.shape[-1]
-        pad = -T % cfg.total_stride                                          # NOTES trap 5
+        pad = -T % cfg.total_stride                       # to a multiple of the stride product
         h = x_t if cond is None else torch.cat([x_t, cond], dim=1)           # (B, in + cond, T)
         h = F.pad(h, (0, pad))
         temb = self.time(timestep_embedding(t, cfg.base_dim))                # (B, base)

@@ -1,4 +1,4 @@
-"""Prompt adherence, output sanity and speed of the shipped toy cascade (issue [sample]).
+"""Prompt adherence, output sanity and speed of the shipped toy cascade.
 
     python bench/adherence.py [--ckpt-dir checkpoints/toy] [--pairs 20] [--pipelines wave,spec]
                               [--corpus toy_data/corpus] [--out bench/results_adherence.md]

@@ -1,4 +1,4 @@
-"""Does the toy vocoder still need the mel projection when trained far longer? (issue [sample], GPU)
+"""Does the toy vocoder still need the mel projection when trained far longer? (GPU)
 
     python bench/gpu_vocoder.py [--minutes 4] [--batch 256] [--variants preset,dilated] [--pairs 20]
                                 [--extra NAME=CKPT] [--out runs/gpu_vocoder] [--device cuda]

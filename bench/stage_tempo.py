@@ -1,4 +1,4 @@
-"""Does each audio-to-audio stage keep a real clip's onsets? (issue [sample]: which stage loses tempo)
+"""Does each audio-to-audio stage keep a real clip's onsets? (which stage loses tempo)
 
     python bench/stage_tempo.py [--stages super-res,cascader,vocoder] [--clips 20] [--ckpt-dir checkpoints/toy]
 

@@ -1,4 +1,4 @@
-"""Is the toy wave generator short of training, or of something else? (issue [sample], GPU)
+"""Is the toy wave generator short of training, or of something else? (GPU)
 
     python bench/toy_scaling.py prepare [--clips 1200] [--out .gpudata/clips3200.pt]   # here, once
     python bench/toy_scaling.py run --data .gpudata/clips3200.pt [--runs 16x4500,64x4500] [--pairs 20]

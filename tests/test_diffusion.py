@@ -36,7 +36,7 @@ def test_cosine_matches_eq6():
 
 
 def test_linear_schedule_is_ddpm_beta_linear():
-    """Reaches near-pure noise at t = 1 and is near-clean at t = 0 (NOTES trap 2)."""
+    """Reaches near-pure noise at t = 1 and is near-clean at t = 0 (the DDPM beta-linear reading, docs/paper-notes.md)."""
     alpha, sigma = D.alpha_sigma(torch.tensor([0.0, 1.0], dtype=torch.float64), "linear")
     assert sigma[0] < 0.011 and alpha[0] > 0.9999  # sigma_0^2 ~= beta_1 = 1e-4
     assert alpha[1] ** 2 < 1e-4  # DDPM's alpha_bar_T ~= 4e-5
@@ -251,7 +251,7 @@ def test_sampler_matches_closed_form_moments(gamma):
     x = _run(gamma, "cosine", "back-heavy")
     m, sd = _closed_form_moments("back-heavy", gamma)
     assert abs(x.mean().item() - m) < TOL_MEAN and abs(x.std().item() - sd) < TOL_STD
-    # and the check can tell gamma = 0 from gamma = 1 (trap 1: they differ, both stochastic)
+    # and the check can tell gamma = 0 from gamma = 1 (they differ, and both are stochastic)
     assert abs(_closed_form_moments("back-heavy", 0.0)[1]
                - _closed_form_moments("back-heavy", 1.0)[1]) > 4 * TOL_STD
 
