@@ -48,13 +48,12 @@ import numpy as np
 import torch
 
 import diffusion
-from data import (Augmentation, draw_crop_length, fft_resample, log_mel, mel_magnitude, project_to_mel,
-                  random_crop)
+from data import (MEL_FPS, Augmentation, draw_crop_length, fft_resample, log_mel, mel_magnitude,
+                  project_to_mel, random_crop)
 from unet1d import UNet1D, UNetConfig, count_parameters
 
 STAGES = ("wave-generator", "cascader", "spec-generator", "vocoder", "super-res")
 SCALES = ("toy", "full")
-MEL_FPS = 100           # frames per second of the log-mel (section 3.3.2)
 
 FULL_TEXT_DIM = 1024    # T5-large / Flan-T5-large d_model, assumed: the paper does not name the T5 size
 TOY_TEXT_DIM = 128      # the toy T5 encoder trained here (text.py)

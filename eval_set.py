@@ -31,12 +31,12 @@ import torch
 import cascade
 import data
 import pseudolabel
+from data import MEL_FPS
 import text
 from metrics import MfccEmbedder, MulanEmbedder, fad, log_mels, similarity_rows, mulan_similarities
 from unet1d import UNet1D
 
 EVAL_SECONDS = 10.0    # section 4.3.3: the middle 10 s of each 30 s output is scored
-MEL_FPS = 100          # frames per second of data.log_mel
 
 
 class UsageError(ValueError):

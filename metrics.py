@@ -27,6 +27,7 @@ from scipy.fft import dct
 
 import data
 import pseudolabel
+from data import MEL_FPS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,24 +73,11 @@ def fad(emb_a, emb_b):
 # ----------------------------------------------------------------------------------------------
 # Audio embedders: log-mel spectrograms [N x 80 x F] -> embeddings [N x K x E]
 
-MEL_FPS = 100          # frames per second of data.log_mel
-EVAL_SECONDS = 10.0    # section 4.3.3: the middle 10 s of each 30 s output is scored
-
-
 def log_mels(waves, sample_rate, chunk=32):
     """[N x T] audio at `sample_rate` -> [N x 80 x F] float32 numpy: data.log_mel (16 kHz, 100 fps)."""
     waves = torch.as_tensor(np.asarray(waves, dtype=np.float32))
     return np.concatenate([data.log_mel(waves[i:i + chunk], sample_rate).numpy()
                            for i in range(0, len(waves), chunk)])
-
-
-def middle(x, rate, seconds):
-    """The middle `seconds` (at `rate` per second) of the last axis of x; all of x when shorter."""
-    n, total = int(round(seconds * rate)), x.shape[-1]
-    if total <= n:
-        return x
-    start = (total - n) // 2
-    return x[..., start:start + n]
 
 
 class MfccEmbedder:

@@ -11,8 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import data
-
-MEL_FPS = 100           # frames per second of data.log_mel
+from data import MEL_FPS
 
 
 def save_spectrogram(path, mel, title=""):
