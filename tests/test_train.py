@@ -1,4 +1,7 @@
 """train.py: exact resume, the text route, checkpoints readable with weights_only, NaN guard, DDP."""
+import dataclasses
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -51,13 +54,21 @@ def test_resume_is_bitwise_exact(corpus, tmp_path, stage):
         assert key in a
 
 
-def test_resume_takes_architecture_from_checkpoint(corpus, tmp_path):
-    train.train_stage(_cfg(corpus, tmp_path, stop_at=1), "super-res")
-    ckpt = torch.load(tmp_path / "super-res.pt", weights_only=True)
-    assert ckpt["config"]["base_dim"] == cascade.unet_config("super-res", "toy").base_dim
-    # A different stage table now would not change the resumed model: the config comes from the file.
-    result = train.train_stage(_cfg(corpus, tmp_path, resume=True, steps=2), "super-res")
-    assert result["steps"] == 2
+def test_resume_takes_architecture_from_checkpoint(corpus, tmp_path, monkeypatch):
+    train.train_stage(_cfg(corpus, tmp_path / "run", stop_at=1), "super-res")
+    before = torch.load(tmp_path / "run" / "super-res.pt", weights_only=True)
+    toy = cascade.unet_config("super-res", "toy")
+    assert before["config"]["base_dim"] == toy.base_dim
+    # Change the preset table: a fresh run now builds another U-Net, a resumed one must not.
+    unet = dict(cascade.PRESETS["super-res"]["unet"], toy=dataclasses.replace(toy, base_dim=8, blocks=(1, 1, 1)))
+    monkeypatch.setitem(cascade.PRESETS["super-res"], "unet", cascade.ByScale(**unet))
+    train.train_stage(_cfg(corpus, tmp_path / "fresh", stop_at=1), "super-res")
+    fresh = torch.load(tmp_path / "fresh" / "super-res.pt", weights_only=True)
+    assert fresh["config"]["base_dim"] == 8 and fresh["config"]["blocks"] == [1, 1, 1]
+    result = train.train_stage(_cfg(corpus, tmp_path / "run", resume=True, steps=2), "super-res")
+    after = torch.load(tmp_path / "run" / "super-res.pt", weights_only=True)
+    assert result["steps"] == 2 and after["config"] == before["config"]
+    assert {k: v.shape for k, v in after["model"].items()} == {k: v.shape for k, v in before["model"].items()}
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, monkeypatch):
@@ -101,17 +112,52 @@ def test_cli_errors_exit_2(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
 
 
+# Run under torchrun: train.py's own training, then every rank reports a digest of its model's weights.
+_DDP_DRIVER = """
+import hashlib, json, sys
+import torch.distributed as dist
+sys.path.insert(0, {root!r})
+import train
+seen = {{}}
+update = train.ema_update
+def spy(ema, model, decay, step):
+    seen["model"] = model
+    return update(ema, model, decay, step)
+train.ema_update = spy
+train.dist.destroy_process_group = lambda: None          # keep the group to compare the ranks
+cfg = train.parse_args(sys.argv[1:])
+train.train_stage(cfg, cfg.stage)
+digest = hashlib.md5()
+for v in seen["model"].state_dict().values():
+    digest.update(v.numpy().tobytes())
+digests = [None] * dist.get_world_size()
+dist.all_gather_object(digests, digest.hexdigest())
+if dist.get_rank() == 0:
+    json.dump(digests, open({out!r}, "w"))
+dist.destroy_process_group()
+"""
+
+
 def test_ddp_two_processes_on_cpu(corpus, tmp_path):
+    """Two ranks draw different batches but, with gradients averaged, end with the same weights: those
+    rank 0 saves. A rank training alone (no gradient exchange) would end elsewhere."""
     manifest, t5 = corpus
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "train.py",
-           "--stage", "super-res", "--data", manifest, "--out", str(tmp_path), "--steps", "2", "--batch-size", "2",
-           "--workers", "0", "--eval-every", "0", "--device", "cpu"]
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DDP_DRIVER.format(root=ROOT, out=str(tmp_path / "digests.json")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(driver),
+           "--stage", "super-res", "--data", manifest, "--out", str(tmp_path / "ddp"), "--steps", "2",
+           "--batch-size", "2", "--workers", "0", "--eval-every", "0", "--device", "cpu"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
-    ckpt = torch.load(tmp_path / "super-res.pt", weights_only=True)
-    assert ckpt["step"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".pt") == ["super-res.pt"]
+    digests = json.loads((tmp_path / "digests.json").read_text())
+    ckpt = torch.load(tmp_path / "ddp" / "super-res.pt", weights_only=True)
+    saved = hashlib.md5(b"".join(v.numpy().tobytes() for v in ckpt["model"].values())).hexdigest()
+    assert ckpt["step"] == 2 and len(digests) == 2 and digests[0] == digests[1] == saved
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if p.suffix == ".pt") == ["super-res.pt"]
+    alone = train.train_stage(_cfg(corpus, tmp_path / "alone", steps=2, batch_size=2), "super-res")
+    single = torch.load(tmp_path / "alone" / "super-res.pt", weights_only=True)
+    assert alone["steps"] == 2 and not all(torch.equal(single["model"][k], ckpt["model"][k]) for k in ckpt["model"])
 
 
 def test_stage_all_trains_both_chains_and_exports(corpus, tmp_path, monkeypatch):

@@ -1,11 +1,14 @@
 """The 1-D Efficient U-Net: shapes, routes, CFG dropout, gradients, overfitting, and Table 2's sizes."""
 import math
+import os
 
 import pytest
 import torch
 
 import cascade
-from unet1d import UNet1D, UNetConfig
+from unet1d import UNet1D, UNetConfig, count_parameters
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _inputs(cfg, B, T, text_len=5):
@@ -100,12 +103,33 @@ def test_tiny_unet_overfits_one_batch():
     assert loss.item() < first / 10
 
 
-def test_full_parameter_counts_near_table2():
-    counts = cascade.parameter_counts("full")
-    # Within 10% where Figure 5 allows; the docstring of cascade.py shows the arithmetic of the others.
+# Every stage's parameter count, as cascade.py's docstring (full) and the README (toy) give them: a
+# change to a U-Net or a preset changes one of these, and both documents with it.
+PARAMETER_COUNTS = {
+    "toy": {"wave-generator": 2_176_049, "cascader": 308_913, "spec-generator": 2_320_208, "vocoder": 274_913,
+            "super-res": 182_993},
+    "full": {"wave-generator": 740_336_897, "cascader": 527_019_265, "spec-generator": 854_278_480,
+             "vocoder": 35_737_089, "super-res": 89_377_025},
+}
+
+
+def test_parameter_counts_are_the_documented_ones_and_near_table2():
+    for scale in cascade.SCALES:
+        assert cascade.parameter_counts(scale) == PARAMETER_COUNTS[scale], scale
+    # Within 10% of Table 2 where Figure 5 allows; cascade.py's docstring shows the arithmetic of the others.
     bands = {"wave-generator": 0.10, "cascader": 0.10, "spec-generator": 0.15, "vocoder": 0.40, "super-res": 0.11}
-    for stage, n in counts.items():
+    for stage, n in PARAMETER_COUNTS["full"].items():
         assert abs(n / cascade.PAPER_PARAMS[stage] - 1) < bands[stage], (stage, n)
+
+
+def test_shipped_toy_checkpoints_are_the_toy_presets():
+    """checkpoints/toy holds U-Nets of exactly the toy presets (a preset changed without retraining fails)."""
+    for stage in cascade.STAGES:
+        ckpt = torch.load(os.path.join(ROOT, "checkpoints", "toy", f"{stage}.pt"), weights_only=True)
+        assert UNetConfig.from_dict(ckpt["config"]) == cascade.unet_config(stage, "toy"), stage
+        model = UNet1D(cascade.unet_config(stage, "toy"))
+        model.load_state_dict({k: v.float() for k, v in ckpt["ema"].items()})     # every tensor, every shape
+        assert count_parameters(model) == PARAMETER_COUNTS["toy"][stage]
 
 
 def test_config_round_trip():
