@@ -1,8 +1,8 @@
 """Audio measurements of prompt adherence: the toy corpus's audible vocabulary, measured.
 
 The paper scores adherence with MuLan similarity (section 4.3.2). The toy corpus also uses words
-with audible, measurable meanings (`slow`/`fast`, `bass`/`flute`, `drums`/`solo`; the table in
-the README), and these plain numpy/scipy measurements check them:
+with audible, measurable meanings (`slow`/`fast`, `bass`/`flute`, `drums`/`solo`; toy_corpus.py's docstring has
+the table), and these plain numpy/scipy measurements check them:
 - `onset_rate`: note onsets per second, from a spectral-flux novelty curve with peak picking
   (Bello et al., 2005); `fast` clips must score above `slow` ones;
 - `median_pitch`: the median fundamental in MIDI numbers, from the normalized square difference

@@ -14,7 +14,7 @@ The toy corpus of synthesized folk tunes (`python data.py toy`) lives in `toy_co
 Stage sample rates (Table 2 and section 3.6): the wave generator works at 3.2 kHz, the cascader,
 the spectrogram and the vocoder at 16 kHz, the super-resolution cascader at 24 kHz.
 
-Manifest format (JSON Lines, one clip or track per line; INTERFACES.md):
+Manifest format (JSON Lines, one clip or track per line):
 - `audio` (required): path of the audio file, relative to the manifest's folder (absolute paths
   work too). Any format and rate that soundfile reads; `read_manifest` resolves it.
 - `captions` (list of str, may be empty or absent): long-form sentences (LaMDA-LF-like).

@@ -139,7 +139,6 @@ def load_embedders(mulan_path):
     return {"MFCC": MfccEmbedder(), "MuLan": MulanEmbedder(model)}
 
 
-
 # ----------------------------------------------------------------------------------------------
 # Generation at 16 kHz: the first two stages of a pipeline (section 4.3.1: super-res skipped)
 
@@ -220,7 +219,6 @@ def generate_second(models, text_encoder, prompts, pipeline, seconds, knobs, fir
 def default_knobs(steps=0):
     """{stage: cascade.Sampling}: Table 3's defaults; `steps` > 0 overrides every stage's step count."""
     return {s: cascade.Sampling(steps=steps or None) for s in cascade.STAGES}
-
 
 
 # ----------------------------------------------------------------------------------------------

@@ -790,7 +790,7 @@ def sample_inverse_frequency(top, counts, k_prime, rng):
 # ----------------------------------------------------------------------------------------------
 # Measurements: agreement with the toy corpus's true attributes, and label entropy
 
-# The words of INTERFACES.md's toy vocabulary, each a claim about one attribute of the audio.
+# The words of the toy vocabulary (toy_corpus.py), each a claim about one attribute of the audio.
 CLAIM_WORDS = {
     "tempo": {"slow": "slow", "fast": "fast"},
     "instrument": {w: w for w in ("bass", "flute", "piano", "guitar", "organ")},

@@ -7,7 +7,7 @@ three kinds of text the paper has:
 - short tags (like Rater-SF);
 - metadata (title, composer, form, region, key, source) as the "named-entity tags" of 3.6.
 Every clip's TRUE attributes go into the manifest, so that prompt adherence can be measured
-(evaluate.py's onset_rate, median_pitch, percussive_ratio).
+(audio_measures.py's onset_rate, median_pitch, percussive_ratio).
 
 The tunes are melodies from the corpus that ships with music21: reels, jigs and hornpipes (Ryan's
 Mammoth Collection, O'Neill's Music of Ireland), Scottish airs (Aird's), American fife tunes, folk
@@ -16,7 +16,7 @@ They are parsed once into assets/tunes.json (`python data.py tunes` rebuilds it)
 synthesizer renders each clip with a chosen instrument, tempo, register, mode, optional chords
 (drawn from the tune's own notes, one triad per bar) and an optional drum kit.
 
-The vocabulary of INTERFACES.md holds for every clip:
+The vocabulary holds for every clip:
 | word | how the corpus makes it true |
 | slow / fast | bpm drawn in 60-80 / 140-180; medium clips (95-125 bpm) carry neither word |
 | bass | the tune is transposed and octave-folded into MIDI 28-52 |
@@ -639,7 +639,7 @@ def heldout_captions(rng, repeats=2):
 
 
 def vocabulary_violations(texts, attrs):
-    """Vocabulary words of INTERFACES.md used in texts although the clip does not have them."""
+    """Vocabulary words (this module's docstring) used in texts although the clip does not have them."""
     true = {attrs["tempo"], attrs["instrument"], attrs["mode"]} - {None}
     true |= {"drums", "drum"} if attrs["drums"] else {"solo"}
     return sorted({w.lower() for text in texts for w in _VOCAB_RE.findall(text)} - true)

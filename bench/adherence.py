@@ -8,7 +8,7 @@
 1. The analyzer (audio_measures.py: onset rate, median pitch, percussive ratio) is first checked on the
    toy corpus's real clips: --pairs random clips of each word (fast/slow, flute/bass, drums/solo),
    all pairs of them.
-2. For each pipeline, prompt pairs that differ in one vocabulary word (INTERFACES.md) are
+2. For each pipeline, prompt pairs that differ in one vocabulary word (toy_corpus.py) are
    generated (each clip with its own noise), and a pair counts as ordered correctly when the measurement
    puts them the right way round: onset rate fast > slow, pitch bass < flute, percussive ratio
    drums > solo. Target: at least 90% of pairs per kind. The first two stages' outputs are scored
