@@ -71,7 +71,8 @@ def demote(markdown):
 
 def shown(command):
     """The command as a reader types it: `python ...`, paths relative to the repository."""
-    return " ".join(["python"] + [os.path.relpath(c, ROOT) if os.path.isabs(c) else c for c in command[1:]])
+    inside = lambda c: os.path.isabs(c) and os.path.commonpath([c, ROOT]) == ROOT
+    return " ".join(["python"] + [os.path.relpath(c, ROOT) if inside(c) else c for c in command[1:]])
 
 
 def main(argv=None):
