@@ -14,6 +14,7 @@ import torch
 import audio_measures
 import cascade
 import data
+import diffusion
 import toy_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -287,8 +288,6 @@ def test_blur_2d_is_a_separable_5x5_gaussian():
 
 
 def test_noise_augment_draws_t_in_range_and_uses_q_sample():
-    import diffusion
-
     cond = torch.randn(256, 1, 64)
     gen = torch.Generator().manual_seed(0)
     noisy, t = data.noise_augment(cond, 0.5, "linear", gen)

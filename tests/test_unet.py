@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import cascade
+import diffusion
 from unet1d import UNet1D, UNetConfig, count_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,7 +175,6 @@ def test_config_without_aug_level_loads_as_before():
 @pytest.mark.parametrize("stage", ["wave-generator", "spec-generator", "cascader"])
 def test_preconditioned_network_with_zero_output_is_the_gaussian_denoiser(stage):
     """F = 0 leaves eps_hat = sigma x_t / (sigma^2 + alpha^2 sigma_d^2): E[eps | x_t] for N(0, sigma_d^2) data."""
-    import diffusion
     cfg = cascade.unet_config(stage, "toy")
     assert cfg.data_std > 0 and cfg.schedule == cascade.stage_spec(stage).schedule
     model = UNet1D(cfg).eval()
@@ -190,7 +190,6 @@ def test_preconditioned_network_with_zero_output_is_the_gaussian_denoiser(stage)
 def test_toy_waveform_stages_shift_their_noise_schedules():
     """Toy waveform stages: Table 2's schedule shifted by 2 ln(0.5 / 0.1) (cascade.SNR_SHIFT), in
     training, sampling and the preconditioning alike; the log-mel stage and `full` are unshifted."""
-    import diffusion
     for stage in cascade.STAGES:
         toy, full = cascade.stage_spec(stage, "toy"), cascade.stage_spec(stage, "full")
         base, shift = diffusion.parse_schedule(toy.schedule)
