@@ -564,7 +564,8 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
     :param stages: {name: StageModel}; text_encoder: (tokenizer, encoder) of load_t5.
     :param knobs: {stage name: Sampling}.
     :param device: the stages' device (each stage runs where its StageModel was loaded).
-    :param keep: a dict that receives the intermediates (3.2 kHz audio or log-mel, 16 kHz audio).
+    :param keep: a dict that receives each stage's output (3.2 kHz audio or log-mel, 16 kHz, 24 kHz audio)
+        as soon as that stage ends (app.py shows them while the next stage runs).
     :param timings: a dict that receives each stage's wall-clock seconds.
     :return: a (B, T) float tensor at 24 kHz.
     """
@@ -573,14 +574,18 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
     first, second, third = (stages[n] for n in names)
     bar = lambda name: progress and progress(name)
     lap = _stopwatch(timings)
+
+    def done(name, x):
+        lap(name)
+        if keep is not None:
+            keep[name] = x.cpu()
+
     x1 = first_stage(first, text_encoder, prompts, seconds, knobs[names[0]], gen, bar(names[0]))
-    lap(names[0])
+    done(names[0], x1)
     x2 = second_stage(second, first.spec, x1, text_encoder, prompts, seconds, knobs[names[1]], gen, bar(names[1]))
-    lap(names[1])
+    done(names[1], x2)
     x3 = third_stage(third, x2, seconds, knobs[names[2]], gen, bar(names[2]))
-    lap(names[2])
-    if keep is not None:
-        keep.update({names[0]: x1.cpu(), names[1]: x2.cpu(), names[2]: x3.cpu()})
+    done(names[2], x3)
     return x3[:, 0].cpu()
 
 
