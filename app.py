@@ -70,6 +70,11 @@ def knob_flags():
     return out
 
 
+def knob_id(flag):
+    """The page element id of a knob's field: --cascader-steps -> knob-cascader-steps."""
+    return "knob-" + flag.lstrip("-")
+
+
 @dataclasses.dataclass
 class Request:
     """One generation, checked: the page's fields as sample.py would read them."""
@@ -282,9 +287,10 @@ def build_page(studio, ckpt_dir):
                 knob_boxes, groups = [], {}
                 for stage in cascade.STAGES:
                     with gr.Accordion(f"{stage} knobs (blank: default)", open=False,
-                                      visible=stage in cascade.PIPELINES["wave"]) as groups[stage]:
+                                      visible=stage in cascade.PIPELINES["wave"], elem_id=f"knobs-{stage}") as groups[stage]:
                         for _, flag, help_text in (f for f in flags if f[0] == stage):
-                            knob_boxes.append(gr.Textbox(label=flag, placeholder=help_text, max_lines=1))
+                            knob_boxes.append(gr.Textbox(label=flag, placeholder=help_text, max_lines=1,
+                                                         elem_id=knob_id(flag)))
         bars, players, pictures = [], [], []
         with gr.Row():
             for k, stage in enumerate(cascade.PIPELINES["wave"]):
