@@ -215,8 +215,8 @@ class Studio:
 
     def generate(self, req):
         """Run `req` in a worker thread; yield Events until "done" or "error"."""
-        events, folder = queue.Queue(), self._new_folder()
-        thread = threading.Thread(target=self._work, args=(req, folder, events), daemon=True)
+        events = queue.Queue()
+        thread = threading.Thread(target=self._work, args=(req, events), daemon=True)
         thread.start()
         while True:
             event = events.get()
@@ -224,7 +224,7 @@ class Studio:
             if event.kind in ("done", "error"):
                 return
 
-    def _work(self, req, folder, events):
+    def _work(self, req, events):
         def progress(name):
             def steps(indices):
                 indices = list(indices)
@@ -242,6 +242,7 @@ class Studio:
             if self.lock.locked():
                 events.put(Event("wait", message="waiting for the generation before this one"))
             with self.lock:
+                folder = self._new_folder()
                 stages, text_encoder = self._load(req)
                 with torch.no_grad():
                     cascade.cascade_generate(stages, text_encoder, [req.prompt], req.pipeline, req.seconds,
