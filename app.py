@@ -300,14 +300,15 @@ def build_page(studio, ckpt_dir):
                     players.append(gr.Audio(type="filepath", label=STAGE_ROLES[stage], interactive=False,
                                             elem_id=f"audio{k}", buttons=["download"]))
                     pictures.append(gr.Image(type="filepath", label="spectrogram", show_label=False, interactive=False,
-                                             elem_id=f"picture{k}"))
+                                             elem_id=f"picture{k}", buttons=["fullscreen"]))
         downloads = gr.File(label="WAV downloads", file_count="multiple", interactive=False, elem_id="downloads")
 
         def show_pipeline(name):
             names = cascade.PIPELINES[name]
             return ([gr.update(visible=s in names) for s in cascade.STAGES]
-                    + [_bar(s, 0, 0) for s in names] + [gr.update(label=STAGE_ROLES[s], value=None) for s in names])
-        pipeline.change(show_pipeline, pipeline, [groups[s] for s in cascade.STAGES] + bars + players)
+                    + [_bar(s, 0, 0) for s in names] + [gr.update(label=STAGE_ROLES[s], value=None) for s in names]
+                    + [None] * len(pictures))
+        pipeline.change(show_pipeline, pipeline, [groups[s] for s in cascade.STAGES] + bars + players + pictures)
 
         outputs = [message, *bars, *players, *pictures, downloads]
 

@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.test_app import find, message, open_browser, start_app, type_into  # noqa: E402
+from tests.test_app import find, message, open_browser, stage_links, start_app, type_into  # noqa: E402
 
 PROMPTS = ["fast drums and bass", "slow flute solo in a minor key", "a piano waltz with drums", "slow organ chorale"]
 
@@ -25,14 +25,6 @@ def rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         fields = dict(line.split(":", 1) for line in f)
     return int(fields["VmRSS"].split()[0]) / 1024
-
-
-def stage_links(driver):
-    links = []
-    for k in range(3):
-        found = driver.find_elements("css selector", f"#audio{k} a[data-testid='download-link']")
-        links.append(found[0].get_attribute("href") if found else None)
-    return links
 
 
 def one_run(driver, prompt, seed, seconds, before, timeout=1800):
@@ -62,7 +54,7 @@ def main():
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))     # stopping the bench also stops its server and browser
     proc, url = start_app(args.log)
-    driver = open_browser(1300, 1150)
+    driver = open_browser(1300, 1300)
     try:
         driver.get(url)
         find(driver, "#generate")
