@@ -5,7 +5,7 @@
 
 The page takes a prompt, the pipeline (waveform or spectrogram), a seed, a length and every
 per-stage knob of sample.py (its `--STAGE-FIELD` flags, read by the same parser functions), and
-shows each stage's output as it ends, with a player, a spectrogram picture, a WAV download and a
+shows each stage's output as it ends, with a player, a log-mel picture, a WAV download and a
 progress bar per stage: the 3.2 kHz sketch (or the log-mel, heard through Griffin-Lim), the 16 kHz
 audio and the 24 kHz result. Generation is sample.py's: `cascade.cascade_generate` on models loaded
 by `sample.load_models`, so a page and a command line with the same prompt, seed and settings give
@@ -16,11 +16,11 @@ Requests run one at a time under a lock (two cores gain nothing from running two
 each writes into its own folder, and a user's mistake is a message on the page, never a stopped
 server. Simplifications: one prompt per request (no batches); an empty prompt is refused rather
 than generated unconditionally as sample.py does; the models of one checkpoint folder stay loaded
-(a request naming another folder replaces them).
+(a request naming another folder replaces them). The pictures are sample.py's `--save-stages`
+pictures (plots.py): log-mels, which span 0-8 kHz, so super-res's band above 8 kHz is heard, not seen.
 """
 import argparse
 import dataclasses
-import math
 import os
 import queue
 import shutil
@@ -35,9 +35,9 @@ import torch
 
 import cascade
 import data
+import plots
 import sample
 
-PICTURE_TOP_HZ = 12000          # every wave stage's picture spans 0-12 kHz, so the bands they fill compare
 STAGE_ROLES = {"wave-generator": "3.2 kHz sketch", "cascader": "16 kHz", "spec-generator": "log-mel (Griffin-Lim)",
                "vocoder": "16 kHz", "super-res": "24 kHz result"}
 
@@ -112,47 +112,18 @@ def read_request(prompt, pipeline, seed, seconds, ckpt_dir, knob_texts=None):
 # ------------------------------------------------------------------------------------------------
 # Pictures and files of one stage's output
 
-def spectrogram_png(path, x, rate, title):
-    """A spectrogram picture: a wave (T,) as its STFT magnitude in dB on 0-12 kHz, or a log-mel (80, F) as is."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(6.0, 2.2), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["magma"]
-    if x.ndim == 2:                                         # log-mel (80, F), values in [-1, 1]
-        ax.imshow(x, origin="lower", aspect="auto", cmap=cmap, vmin=-1, vmax=1,
-                  extent=(0, x.shape[1] / data.MEL_FPS, 0, x.shape[0]))
-        ax.set_ylabel("mel bin")
-    else:                                                   # wave (T,): 32 ms Hann windows, hop 1/4
-        n_fft = 2 ** math.ceil(math.log2(0.032 * rate))
-        window = torch.hann_window(n_fft, dtype=torch.float64)
-        stft = torch.stft(torch.from_numpy(x).double(), n_fft, n_fft // 4, window=window, return_complex=True)
-        db = 20 * torch.log10(stft.abs() / window.sum() * 2 + 1e-10).numpy()      # (n_fft/2 + 1, frames)
-        ax.imshow(db, origin="lower", aspect="auto", cmap=cmap, vmin=-100, vmax=-10,
-                  extent=(0, len(x) / rate, 0, rate / 2))
-        ax.set_facecolor(cmap(0.0))                         # above the stage's Nyquist frequency: nothing
-        ax.set_ylim(0, PICTURE_TOP_HZ)
-        ax.set_ylabel("Hz")
-    ax.set_xlabel("seconds")
-    ax.set_title(title, fontsize=10)
-    fig.savefig(path)
-
-
 def write_stage(folder, name, x, spec):
     """name.wav and name.png for one stage's output x ((1, T) audio or (80, F) log-mel); returns both paths."""
     x = x.float().numpy()
     if not np.isfinite(x).all():
         raise PageError(f"{name} produced NaN or infinite values")
-    if spec.output == "spec":       # heard through Griffin-Lim (data.griffin_lim), at 16 kHz
-        wave, rate, title = data.griffin_lim(torch.from_numpy(x)).numpy(), data.MEL_SAMPLE_RATE, f"{name}: log-mel"
-        picture = x
-    else:
-        wave, rate, title = x[0], spec.sample_rate, f"{name}: {spec.sample_rate / 1000:g} kHz"
-        picture = wave
     wav, png = os.path.join(folder, f"{name}.wav"), os.path.join(folder, f"{name}.png")
-    sample.write_wave(wav, wave, rate)
-    spectrogram_png(png, picture, rate, title)
+    if spec.output == "spec":       # heard through Griffin-Lim (data.griffin_lim), at 16 kHz
+        sample.write_wave(wav, data.griffin_lim(torch.from_numpy(x)).numpy(), data.MEL_SAMPLE_RATE)
+        plots.save_spectrogram(png, x, f"{name}: log-mel")
+    else:
+        sample.write_wave(wav, x[0], spec.sample_rate)
+        plots.save_wave_spectrogram(png, x[0], spec.sample_rate, f"{name}: {spec.sample_rate / 1000:g} kHz audio")
     return wav, png
 
 
@@ -280,7 +251,8 @@ def build_page(studio, ckpt_dir):
                     pipeline = gr.Radio(list(cascade.PIPELINES), value="wave", label="Pipeline",
                                         info="wave: 3.2 kHz -> 16 kHz -> 24 kHz; spec: log-mel -> 16 kHz -> 24 kHz")
                     seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
-                    seconds = gr.Number(cascade.TOY_CLIP_SECONDS, label="Seconds", elem_id="seconds")
+                    seconds = gr.Number(cascade.stage_spec("wave-generator").clip_seconds, label="Seconds",
+                                        elem_id="seconds")
                 ckpt = gr.Textbox(ckpt_dir, label="Checkpoint folder", elem_id="ckpt")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 message = gr.Markdown(elem_id="message")

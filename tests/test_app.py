@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import app
 import cascade
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,8 +23,6 @@ CKPTS = os.path.join(ROOT, "checkpoints", "toy")
 FAST = {f"--{s}-steps": "2" for s in cascade.STAGES}
 RATES = {"wave-generator": 3200, "cascader": 16000, "spec-generator": 16000, "vocoder": 16000, "super-res": 24000}
 
-pytest.importorskip("matplotlib", reason="app.py draws spectrograms with matplotlib (pip install -r requirements-app.txt)")
-import app  # noqa: E402
 
 
 def _outputs(studio, req):
@@ -111,6 +110,12 @@ def test_a_folder_without_checkpoints_is_a_message_and_the_studio_goes_on(studio
     assert last.kind == "error" and "missing checkpoint" in last.message and not wavs
     wavs, last = _outputs(studio, app.read_request("x", "wave", 0, 0.25, CKPTS, FAST))
     assert last.kind == "done" and len(wavs) == 3
+
+
+@pytest.mark.parametrize("args", [["--port", "0"], ["--colour", "red"]])
+def test_bad_flags_exit_2_with_one_line(args):
+    r = subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "app.py: error:" in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------------------------------------------
