@@ -24,7 +24,6 @@ FAST = {f"--{s}-steps": "2" for s in cascade.STAGES}
 RATES = {"wave-generator": 3200, "cascader": 16000, "spec-generator": 16000, "vocoder": 16000, "super-res": 24000}
 
 
-
 def _outputs(studio, req):
     """{stage: wav path} of one request, and its last event."""
     wavs, last = {}, None
