@@ -402,10 +402,19 @@ def resolve_sampling(spec: StageSpec, knobs: Sampling):
 
 
 class StageModel:
-    """One trained stage for inference: the EMA U-Net and its spec, read from a checkpoint."""
+    """One trained stage for inference: the EMA U-Net and its spec, read from a checkpoint.
 
-    def __init__(self, path, device="cpu", dtype=None):
+    With `stage` given, a checkpoint of another stage is refused (checks.InputError naming both), as
+    are an unknown scale and EMA weights holding NaN or infinity.
+    """
+
+    def __init__(self, path, device="cpu", dtype=None, stage=None):
+        from checks import InputError, check_finite_state, check_identity
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        check_identity(ckpt, path, stage)
+        if ckpt["stage"] not in STAGES or ckpt["scale"] not in SCALES:
+            raise InputError(f"{path}: unknown stage {ckpt['stage']!r} or scale {ckpt['scale']!r}")
+        check_finite_state(ckpt["ema"], f"{path} ({ckpt['stage']} EMA weights)")
         self.spec = stage_spec(ckpt["stage"], ckpt["scale"])
         self.t5 = ckpt.get("t5") or ""
         beside = os.path.normpath(os.path.join(os.path.dirname(path), self.t5))
@@ -494,6 +503,8 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
     if mel is not None:
         eps = diffusion.projected_eps_fn(eps, spec.schedule, mel_projection(mel), project)
     x = diffusion.sample(eps, x_T, deltas, spec.schedule, gamma, generator=generator, progress=progress)
+    if not torch.isfinite(x).all():             # an error naming the stage, never a silent WAV
+        raise FloatingPointError(f"the {spec.name} stage produced NaN or infinite values")
     return x if clean is None else keep_input_band(x, clean, spec.sample_rate, spec.cond_rate)
 
 
@@ -527,12 +538,27 @@ def _unconditional(prompts):
     return torch.tensor([p.strip() == "" for p in prompts])
 
 
+def stage_lengths(first: StageSpec, seconds):
+    """(n1, n2, n3): the lengths of a pipeline's three outputs for a clip of `seconds`, `first` its
+    generator (n1 frames of log-mel or samples at 3.2 kHz; n2 at 16 kHz; n3 at 24 kHz).
+
+    The 24 kHz output has n3 = round(seconds * 24000) samples; each earlier stage is made just long
+    enough that its up-sampled output (fft_resample floors T * new / old; the vocoder makes 160
+    samples per frame) covers the next stage's length, which then cuts it. Rounding each stage's
+    length on its own would leave the up-sampled input one sample short for ~40% of lengths.
+    """
+    n3 = round(seconds * 24000)
+    n2 = -(-n3 * 16000 // 24000)                        # ceil
+    n1 = -(-n2 * first.frame_rate // 16000)
+    return n1, n2, n3
+
+
 def first_stage(stage: StageModel, text_encoder, prompts, seconds, knob, generator, progress=None):
     """The generator: text -> (B, 1, T) 3.2 kHz audio (wave generator) or (B, 80, F) log-mel."""
     spec = stage.spec
     text, mask = encode_prompts(text_encoder, prompts, spec, stage.device)
     channels = 80 if spec.output == "spec" else 1
-    shape = (len(prompts), channels, round(seconds * spec.frame_rate))
+    shape = (len(prompts), channels, stage_lengths(spec, seconds)[0])
     return run_stage(stage, knob, shape, generator, text, mask, _unconditional(prompts), progress)
 
 
@@ -540,7 +566,7 @@ def second_stage(stage: StageModel, first: StageSpec, x1, text_encoder, prompts,
                  progress=None):
     """To 16 kHz: the cascader (x1, FFT-up-sampled, stacked with x_t) or the vocoder (x1 the aligned
     log-mel). x1 is the output of the stage `first`; returns (B, 1, T) at 16 kHz."""
-    B, n2 = len(prompts), round(seconds * 16000)
+    B, n2 = len(prompts), stage_lengths(first, seconds)[1]
     x1 = x1.to(stage.device)
     if stage.spec.aligned:
         return run_stage(stage, knob, (B, 1, x1.shape[-1] * 160), generator, progress=progress, aligned=x1)[..., :n2]

@@ -299,12 +299,26 @@ def read_manifest(path):
             raise ManifestError(f"{path}:{number}: not valid JSON ({e.msg})") from None
         if not isinstance(entry, dict) or not isinstance(entry.get("audio"), str):
             raise ManifestError(f'{path}:{number}: expected an object with an "audio" path')
-        captions = entry.setdefault("captions", [])
-        if not isinstance(captions, list):
-            raise ManifestError(f'{path}:{number}: "captions" must be a list of strings')
+        entry.setdefault("captions", [])
+        _check_entry_types(entry, f"{path}:{number}")
         entry["audio"] = os.path.normpath(os.path.join(root, entry["audio"]))
         entries.append(entry)
     return entries
+
+
+TEXT_LISTS = ("captions", "tags", "pseudo_captions", "pseudo_tags")    # lists of strings
+
+
+def _check_entry_types(entry, where):
+    """ManifestError unless the text fields are lists of strings (a bare string would be read letter
+    by letter) and `metadata` / `attributes` are objects."""
+    for key in TEXT_LISTS:
+        value = entry.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(t, str) for t in value)):
+            raise ManifestError(f'{where}: "{key}" must be a list of strings')
+    for key in ("metadata", "attributes"):
+        if entry.get(key) is not None and not isinstance(entry[key], dict):
+            raise ManifestError(f'{where}: "{key}" must be an object')
 
 
 def write_manifest(path, entries):
@@ -363,13 +377,17 @@ def _cache_path(cache_dir, path, sample_rate):
 
 
 def load_track(path, sample_rate, cache_dir=None):
-    """A whole track as float32 mono at `sample_rate` (FFT-resampled whole); raise AudioError."""
+    """A whole track as float32 mono at `sample_rate` (FFT-resampled whole); raise AudioError (also
+    for a track shorter than one 10 ms spectrogram hop, which no stage can use)."""
     use_cache = cache_dir and os.path.exists(path)
     cached = _cache_path(cache_dir, path, sample_rate) if use_cache else None
     if cached and os.path.exists(cached):
         return np.load(cached)
     mono, rate = decode_audio(path)
     wave = fft_resample(mono.astype(np.float64), rate, sample_rate).astype(np.float32)
+    shortest = -(-sample_rate // MEL_FPS)         # one 10 ms log-mel hop: less makes no frame
+    if len(wave) < shortest:
+        raise AudioError(f"too short ({len(wave)} samples at {sample_rate} Hz; at least {shortest})")
     if cached:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = cached + f".{os.getpid()}.tmp.npy"
@@ -639,14 +657,14 @@ def _check_command(args):
 
 
 def _positive(kind):
-    """argparse type: a positive int or float."""
+    """argparse type: a positive, finite int or float."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be positive and finite: {text!r}")
         return value
     return parse
 

@@ -160,7 +160,7 @@ def load_pipeline(ckpt_dir, pipeline, device="cpu", untrained_seed=None):
         if not os.path.isfile(path):
             raise UsageError(f"missing checkpoint {path} (train it with `python train.py --stage {name}`)")
         try:
-            models[name] = cascade.StageModel(path, device, torch.bfloat16 if str(device).startswith("cuda") else None)
+            models[name] = cascade.StageModel(path, device, torch.bfloat16 if str(device).startswith("cuda") else None, name)
         except Exception as e:
             raise UsageError(f"cannot read checkpoint {path}: {(str(e).splitlines() or [''])[0]}") from None
         if untrained_seed is not None:

@@ -29,12 +29,15 @@ import torch
 from tqdm import tqdm
 
 import cascade
+import checks
 import data
 import diffusion
 import plots
 import text
 
+MIN_SECONDS = 0.01      # one log-mel frame
 MAX_SECONDS = 600.0
+MAX_W = 100.0           # CFG scales past this only amplify the model's error
 
 
 def build_parser():
@@ -42,10 +45,10 @@ def build_parser():
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prompt", nargs="?", help="the text prompt (or use --prompts FILE)")
     p.add_argument("--prompts", help="a file of prompts, one per line")
-    p.add_argument("--out", default="sample.wav", help="output WAV for a single prompt")
+    p.add_argument("--out", help="output WAV for a single prompt (default: sample.wav)")
     p.add_argument("--out-dir", help="output folder for --prompts: 000.wav, 001.wav, ...")
     p.add_argument("--pipeline", choices=("wave", "spec"), default="wave", help="waveform or spectrogram path")
-    p.add_argument("--seconds", type=float, default=0.0, help="clip length (default: the stages' training length)")
+    p.add_argument("--seconds", type=float, help="clip length (default: the stages' training length)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--ckpt-dir", default="checkpoints/toy", help="folder with one STAGE.pt per stage")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
@@ -79,55 +82,96 @@ def _knob_fields(stage):
 
 
 def parse_args(argv=None):
+    """The parsed flags, every one checked before any model is read (p.error: one line, exit 2)."""
     p = build_parser()
     args = p.parse_args(argv)
-    if (args.prompt is None) == (args.prompts is None):
-        p.error("give one PROMPT or --prompts FILE")
-    if args.prompts:
-        if not args.out_dir:
-            p.error("--prompts needs --out-dir")
-        if not os.path.isfile(args.prompts):
-            p.error(f"--prompts {args.prompts}: no such file")
-        with open(args.prompts, encoding="utf-8") as f:
-            args.prompt_list = [line.rstrip("\n") for line in f]
-        if not args.prompt_list:
-            p.error(f"--prompts {args.prompts}: the file is empty")
-    else:
-        args.prompt_list = [args.prompt]
-    if args.seconds < 0 or args.seconds > MAX_SECONDS or (args.seconds == 0 and "--seconds" in (argv or sys.argv)):
-        p.error(f"--seconds must be in (0, {MAX_SECONDS:g}]")
-    if args.batch_size < 1:
-        p.error("--batch-size must be at least 1")
+    try:
+        args.prompt_list = read_prompts(args)
+        check_outputs(args)
+        checks.check_number("--seconds", args.seconds, MIN_SECONDS, MAX_SECONDS)
+        checks.check_seed("--seed", args.seed)
+        checks.check_seed("--seed (plus one per prompt)", args.seed + len(args.prompt_list))
+        if args.batch_size < 1:
+            raise checks.InputError("--batch-size must be at least 1")
+        args.device = checks.resolve_device(args.device)
+    except checks.InputError as e:
+        p.error(str(e))
     args.knobs = read_knobs(args, p)
     return args, p
 
 
+def read_prompts(args):
+    """The prompts: PROMPT, or the lines of --prompts FILE; text that is not UTF-8 is refused."""
+    if (args.prompt is None) == (args.prompts is None):
+        raise checks.InputError("give one PROMPT or --prompts FILE")
+    if args.prompt is not None:
+        prompts = [args.prompt]
+    else:
+        try:
+            with open(args.prompts, encoding="utf-8") as f:
+                prompts = [line.rstrip("\r\n") for line in f]
+        except UnicodeDecodeError as e:
+            raise checks.InputError(f"--prompts {args.prompts}: not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise checks.InputError(f"--prompts {args.prompts}: {e.strerror or e}") from None
+        if not prompts:
+            raise checks.InputError(f"--prompts {args.prompts}: the file is empty")
+    for i, prompt in enumerate(prompts):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:      # undecodable command-line bytes arrive as lone surrogates
+            raise checks.InputError(f"prompt {i} is not UTF-8 text") from None
+    return prompts
+
+
+def check_outputs(args):
+    """--out FILE.wav for one prompt, --out-dir DIR for --prompts: writable, checked before any work."""
+    if args.prompts:
+        if args.out is not None:
+            raise checks.InputError("--prompts writes into --out-dir DIR, not --out")
+        if not args.out_dir:
+            raise checks.InputError("--prompts needs --out-dir")
+        checks.check_writable_dir("--out-dir", args.out_dir)
+        args.out_paths = [os.path.join(args.out_dir, f"{i:03d}.wav") for i in range(len(args.prompt_list))]
+    else:
+        if args.out_dir is not None:
+            raise checks.InputError("--out-dir goes with --prompts FILE; one prompt is written to --out FILE.wav")
+        args.out = args.out or "sample.wav"
+        checks.check_output_file("--out", args.out, ".wav")
+        args.out_paths = [args.out]
+
+
 def read_knobs(args, p):
     """{stage: cascade.Sampling} from the flags of `add_knob_flags`, checked (p.error on a bad one)."""
+    try:
+        return _read_knobs(args)
+    except checks.InputError as e:
+        p.error(str(e))
+
+
+def _read_knobs(args):
     knobs = {}
     for stage in cascade.STAGES:
         values = {f.name: getattr(args, f"{stage}_{f.name}".replace("-", "_")) for f in _knob_fields(stage)}
+        flag = lambda name: f"--{stage}-{name.replace('_', '-')}"
         if values["steps"] is not None and values["steps"] < 1:
-            p.error(f"--{stage}-steps must be at least 1")
-        if values["gamma"] is not None and not 0 <= values["gamma"] <= 1:
-            p.error(f"--{stage}-gamma must be in [0, 1]")
-        if values.get("aug") is not None and not 0 <= values["aug"] <= 1:
-            p.error(f"--{stage}-aug must be a noise time in [0, 1]")
-        if values.get("project") is not None and not 0 <= values["project"] <= 1:
-            p.error(f"--{stage}-project must be a time in [0, 1] (1: never)")
+            raise checks.InputError(f"{flag('steps')} must be at least 1")
+        checks.check_number(flag("gamma"), values["gamma"], 0, 1)
+        checks.check_number(flag("w"), values["w"], 0, MAX_W)
+        checks.check_number(flag("aug"), values.get("aug"), 0, 1)
+        checks.check_number(flag("project"), values.get("project"), 0, 1)
+        checks.check_number(flag("clip"), values["clip"], 0, 1, high_open=True)
         if values.get("keep_band") not in (None, 0, 1):
-            p.error(f"--{stage}-keep-band must be 0 or 1")
-        if values["clip"] is not None and not 0 <= values["clip"] < 1:
-            p.error(f"--{stage}-clip must be a percentile in [0, 1) (0: no clipping)")
+            raise checks.InputError(f"{flag('keep_band')} must be 0 or 1")
         sched = values["schedule"]
         if sched and sched not in diffusion.STEP_SCHEDULES and not os.path.isfile(sched):
-            p.error(f"--{stage}-schedule {sched}: not a schedule name or a file of deltas")
+            raise checks.InputError(f"{flag('schedule')} {sched}: not a schedule name or a file of deltas")
         knobs[stage] = cascade.Sampling(**values)
         if sched:                   # the schedule as the sampler will read it: a file's numbers, a name's stage
             try:
                 cascade.resolve_sampling(cascade.stage_spec(stage), knobs[stage])
             except ValueError as e:
-                p.error(f"--{stage}-schedule {sched}: {e}")
+                raise checks.InputError(f"{flag('schedule')} {sched}: {e}") from None
     return knobs
 
 
@@ -139,9 +183,11 @@ def load_models(args, parser, device):
         if not os.path.isfile(path):
             parser.error(f"missing checkpoint {path} (train it with `python train.py --stage {name}`)")
         try:
-            stages[name] = cascade.StageModel(path, device, torch.bfloat16 if device.type == "cuda" else None)
+            stages[name] = cascade.StageModel(path, device, torch.bfloat16 if device.type == "cuda" else None, name)
+        except checks.InputError as e:
+            parser.error(str(e))
         except Exception as e:
-            parser.error(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}")
+            parser.error(f"cannot read checkpoint {path}: {(str(e).splitlines() or [type(e).__name__])[0]}")
     t5 = stages[cascade.PIPELINES[args.pipeline][0]].t5
     try:
         tokenizer, encoder = text.load_t5(t5, device=device)
@@ -161,13 +207,16 @@ def check_prompts(prompts, tokenizer, stages):
 
 
 def write_wave(path, wave, rate):
-    """Write float audio as 16-bit WAV, scaled down only where the peak would clip."""
-    wave = np.nan_to_num(np.asarray(wave, dtype=np.float32))
-    peak = np.abs(wave).max()
+    """Write finite float audio as 16-bit WAV, scaled down only where the peak would clip; written
+    whole to a temporary file and renamed, so the path never holds a partial file."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if not np.isfinite(wave).all():
+        raise FloatingPointError(f"{path}: the audio holds NaN or infinite values")
+    peak = np.abs(wave).max(initial=0.0)
     if peak > 0.999:
         wave = wave * (0.999 / peak)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    sf.write(path, wave, rate, subtype="PCM_16")
+    checks.atomic_write(path, lambda tmp: sf.write(tmp, wave, rate, subtype="PCM_16", format="WAV"))
 
 
 def save_stages(base, keep, stages):
@@ -183,7 +232,9 @@ def save_stages(base, keep, stages):
 
 def main(argv=None):
     args, parser = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device
+    for path in args.out_paths:
+        checks.remove_stale_temporaries(path)
     stages, text_encoder = load_models(args, parser, device)
     first = stages[cascade.PIPELINES[args.pipeline][0]]
     seconds = args.seconds or first.spec.clip_seconds
@@ -196,11 +247,14 @@ def main(argv=None):
     for start in range(0, len(args.prompt_list), args.batch_size):
         batch = args.prompt_list[start:start + args.batch_size]
         keep = {}
-        with torch.no_grad():
-            audio = cascade.cascade_generate(stages, text_encoder, batch, args.pipeline, seconds,
-                                             args.seed + start, args.knobs, device, progress, keep)
+        try:
+            with torch.no_grad():
+                audio = cascade.cascade_generate(stages, text_encoder, batch, args.pipeline, seconds,
+                                                 args.seed + start, args.knobs, device, progress, keep)
+        except FloatingPointError as e:     # NaN or infinity from a stage: say which, write nothing
+            parser.exit(2, f"{parser.prog}: error: {e} (try fewer extreme knobs, or check that checkpoint)\n")
         for i, wave in enumerate(audio):
-            path = os.path.join(args.out_dir, f"{start + i:03d}.wav") if args.prompts else args.out
+            path = args.out_paths[start + i]
             write_wave(path, wave.numpy(), 24000)
             if args.save_stages:
                 save_stages(os.path.splitext(path)[0], {k: v[i] for k, v in keep.items()}, stages)

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import cascade
+import checks
 import data
 import diffusion
 import plots
@@ -61,6 +62,7 @@ class TrainConfig:
     stage: str = field(default="wave-generator", metadata={"help": f"one of {', '.join(cascade.STAGES)}, or all"})
     scale: str = field(default="toy", metadata={"help": "toy or full (the paper's Tables 2 and 8)"})
     data: str = field(default="", metadata={"help": "manifest.jsonl (default: the toy corpus, built on first use)"})
+    cache_dir: str = field(default="", metadata={"help": "where decoded audio is cached (default: .cache beside the manifest)"})
     out: str = field(default="runs/toy", metadata={"help": "run folder: checkpoints, logs, snapshots"})
     steps: int = field(default=None, metadata={"help": f"optimizer steps ({PRESET}; Table 2 at full)"})
     batch_size: int = field(default=None, metadata={"help": f"examples per micro-batch per process ({PRESET})"})
@@ -103,7 +105,45 @@ def parse_args(argv=None):
         parser.error("--stop-at must not be negative")
     if args.data and not os.path.exists(args.data):
         parser.error(f"--data {args.data}: no such file")
+    try:
+        check_config(args)
+    except (checks.InputError, data.ManifestError) as e:
+        parser.error(str(e))
     return TrainConfig(**vars(args))
+
+
+def check_config(cfg):
+    """Everything a run needs, checked before any model is built: numbers finite and in range, the
+    device, and (unless --dry-run) a writable run folder and cache, a readable manifest."""
+    for name, low in (("ckpt_every", 1), ("log_every", 1), ("eval_every", 0), ("workers", 0), ("warmup", 0),
+                      ("lr_end", 0)):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < low:    # None: the preset's value
+            raise checks.InputError(f"--{name.replace('_', '-')} must be at least {low}")
+    checks.check_number("--lr", cfg.lr, 0, low_open=True)
+    checks.check_number("--ema-decay", cfg.ema_decay, 0, 1, high_open=True)
+    checks.check_number("--text-dropout", cfg.text_dropout, 0, 1)
+    checks.check_number("--clean-share", cfg.clean_share, 0, 1)
+    checks.check_number("--grad-clip", cfg.grad_clip, 0, low_open=True)
+    checks.check_seed("--seed", cfg.seed)
+    checks.resolve_device(cfg.device)
+    if cfg.dry_run:
+        return
+    checks.check_writable_dir("--out", cfg.out)
+    if cfg.data and os.path.isfile(cfg.data):
+        data.read_manifest(cfg.data)
+    if cfg.data or cfg.cache_dir:
+        checks.check_writable_dir("--cache-dir", cache_folder(cfg, cfg.data))
+
+
+def cache_folder(cfg, manifest):
+    """Where decoded, resampled audio is cached: --cache-dir, else .cache beside the manifest."""
+    return cfg.cache_dir or os.path.join(os.path.dirname(os.path.abspath(manifest)), ".cache")
+
+
+def refuse(message):
+    """A user's mistake found after parsing: one line on stderr, exit status 2."""
+    print(f"train.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def resolve_config(cfg: TrainConfig, spec: cascade.StageSpec) -> TrainConfig:
@@ -149,9 +189,11 @@ def load_stage_clips(cfg, spec):
     manifest = cfg.data or os.path.join(TOY_DATA, "manifest.jsonl")
     if not cfg.data and not os.path.exists(manifest):
         build_toy_corpus()
-    entries = data.read_manifest(manifest)
-    cache = os.path.join(os.path.dirname(os.path.abspath(manifest)), ".cache")
-    clips, skipped = data.load_clips(entries, spec.sample_rate, spec.clip_seconds, cache_dir=cache,
+    try:
+        entries = data.read_manifest(manifest)
+    except data.ManifestError as e:
+        refuse(str(e))
+    clips, skipped = data.load_clips(entries, spec.sample_rate, spec.clip_seconds, cache_dir=cache_folder(cfg, manifest),
                                      progress=is_main())
     if not clips:
         raise SystemExit(f"train.py: no usable audio in {manifest} ({len(skipped)} files skipped)")
@@ -183,7 +225,7 @@ def ema_update(ema, model, decay, step):
 
 def atomic_save(obj, path):
     """Write to a temporary file in the same folder, flush to disk, then rename over `path`."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = checks.temporary_path(path)
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
@@ -203,16 +245,45 @@ def save_checkpoint(cfg, stage, step, model, ema, opt, unet_cfg, t5_path, losses
             "losses": losses[-10000:]}
     path = checkpoint_path(cfg, stage)
     atomic_save(ckpt, path)
-    with open(path + ".json.tmp", "w") as f:
+    note = checks.temporary_path(path + ".json")
+    with open(note, "w") as f:
         json.dump({"latest": os.path.basename(path), "step": step}, f)
-    os.replace(path + ".json.tmp", path + ".json")
+    os.replace(note, path + ".json")
 
 
 def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:        # a user-facing one-liner: which file, what went wrong
-        raise SystemExit(f"train.py: cannot read checkpoint {path}: {e}".splitlines()[0])
+        refuse(f"cannot read checkpoint {path}: {(str(e).splitlines() or [type(e).__name__])[0]}")
+
+
+def load_resume(cfg, stage):
+    """OUT/STAGE.pt to continue from (None: start afresh); refused (exit 2) unless it is a training
+    checkpoint of this stage at this scale whose weights and EMA are finite."""
+    path = checkpoint_path(cfg, stage)
+    if not cfg.resume:
+        return None
+    if not os.path.exists(path):
+        if is_main():
+            print(f"no checkpoint at {path}: starting from scratch")
+        return None
+    ckpt = load_checkpoint(path)
+    try:
+        checks.check_identity(ckpt, path, stage, cfg.scale)
+        if ckpt.get("model") is None or ckpt.get("optimizer") is None:
+            raise checks.InputError(f"{path} is an inference export (EMA only); resume from a run folder's checkpoint")
+        checks.check_finite_state(ckpt["model"], f"{path} ({stage} weights)")
+        checks.check_finite_state(ckpt["ema"], f"{path} ({stage} EMA)")
+    except checks.InputError as e:
+        refuse(str(e))
+    return ckpt
+
+
+def remove_stale_temporaries(cfg, stage):
+    """Partial STAGE.pt.tmpPID / STAGE.pt.json.tmpPID files of runs that were killed mid-write."""
+    for path in (checkpoint_path(cfg, stage), checkpoint_path(cfg, stage) + ".json"):
+        checks.remove_stale_temporaries(path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -338,9 +409,9 @@ def train_stage(cfg: TrainConfig, stage: str):
     spec = cascade.stage_spec(stage, cfg.scale)
     cfg = resolve_config(dataclasses.replace(cfg, stage=stage), spec)
     os.makedirs(cfg.out, exist_ok=True)
-    ckpt = load_checkpoint(checkpoint_path(cfg, stage)) if cfg.resume and os.path.exists(checkpoint_path(cfg, stage)) else None
-    if cfg.resume and ckpt is None and is_main():
-        print(f"no checkpoint at {checkpoint_path(cfg, stage)}: starting from scratch")
+    if is_main():
+        remove_stale_temporaries(cfg, stage)
+    ckpt = load_resume(cfg, stage)
 
     # text encoder (frozen) and its embedding cache
     text_cache, t5_path, count_tokens = None, "", None
@@ -358,12 +429,13 @@ def train_stage(cfg: TrainConfig, stage: str):
     ema = UNet1D(unet_cfg).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    step, losses = 0, []
+    step, losses, saved = 0, [], None           # saved: the step of the newest checkpoint on disk
     if ckpt:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         step, losses = ckpt["step"], [tuple(x) for x in ckpt.get("losses", [])]
+        saved = step
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     clips, manifest = load_stage_clips(cfg, spec)
@@ -393,8 +465,7 @@ def train_stage(cfg: TrainConfig, stage: str):
                 (loss / cfg.grad_accum).backward()
             total += loss.item() / cfg.grad_accum
         if not math.isfinite(total):                      # NaN guard: keep the last good checkpoint
-            raise SystemExit(f"train.py: loss is {total} at step {step}; stopped, {checkpoint_path(cfg, stage)} "
-                             f"holds the last good state")
+            raise SystemExit(f"train.py: {stage} loss is {total} at step {step}; stopped, {last_good(cfg, stage, saved)}")
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -412,7 +483,9 @@ def train_stage(cfg: TrainConfig, stage: str):
                 log.flush()
             done = step == cfg.steps or step == cfg.stop_at
             if step % cfg.ckpt_every == 0 or done:
+                check_finite_weights(model, ema, cfg, stage, step, saved)
                 save_checkpoint(cfg, stage, step, model, ema, opt, unet_cfg, t5_path, losses)
+                saved = step
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 snapshot(cfg, spec, ema, batch, text_cache, step, losses, device)
         if step == cfg.stop_at:
@@ -426,6 +499,22 @@ def train_stage(cfg: TrainConfig, stage: str):
     recent = [v for _, v in losses[-100:]]
     return {"stage": stage, "steps": step, "final_loss": sum(recent) / max(1, len(recent)),
             "seconds": time.time() - t0}
+
+
+def last_good(cfg, stage, saved):
+    """Where the last good state is, for the stop messages."""
+    if saved is None:
+        return "no checkpoint was written yet"
+    return f"{checkpoint_path(cfg, stage)} holds the last good state (step {saved})"
+
+
+def check_finite_weights(model, ema, cfg, stage, step, saved):
+    """Stop before a checkpoint of NaN or infinite weights or EMA overwrites the last good one."""
+    for what, net in (("weights", model), ("EMA", ema)):
+        bad = checks.nonfinite_tensors(net.state_dict())
+        if bad:
+            raise SystemExit(f"train.py: the {stage} {what} hold NaN or infinity at step {step} ({bad[0]}); "
+                             f"stopped, {last_good(cfg, stage, saved)}")
 
 
 def step_seed(*keys):
@@ -541,7 +630,7 @@ def run_chain(cfg, chain, results, text_ready):
                 return
             args = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--scale", "toy", "--out", cfg.out,
                     "--seed", str(cfg.seed), "--workers", str(cfg.workers)] + (["--t5", cfg.t5] if cfg.t5 else [])
-            for flag in ("data", "steps", "batch_size", "eval_every"):
+            for flag in ("data", "cache_dir", "steps", "batch_size", "eval_every"):
                 if getattr(cfg, flag) != getattr(TrainConfig, flag):
                     args += ["--" + flag.replace("_", "-"), str(getattr(cfg, flag))]
             args += ["--resume"] if cfg.resume else []
