@@ -154,11 +154,28 @@ def midi_name(midi):
     return f"{NOTE_NAMES[m % 12]}{m // 12 - 1}"
 
 
-def analyze(path):
-    """The three measurements of one audio file (mixed down to mono)."""
-    wave, rate = sf.read(path, dtype="float32", always_2d=True)
-    wave = wave.mean(axis=1)
-    pitch = median_pitch(wave, rate)
-    return {"file": path, "sample_rate": rate, "seconds": len(wave) / rate,
-            "onset_rate": onset_rate(wave, rate), "median_pitch": pitch,
-            "note": midi_name(pitch), "percussive_ratio": percussive_ratio(wave, rate)}
+ANALYZE_BLOCK_SECONDS = 60.0
+
+
+def analyze(path, block_seconds=ANALYZE_BLOCK_SECONDS):
+    """The three measurements of one audio file (mixed down to mono), read in blocks of
+    `block_seconds` so that memory stays bounded for any length. A file no longer than one block is
+    measured whole; a longer one per block, then combined: onsets summed over the whole duration,
+    the median of the blocks' median pitches, the blocks' percussive ratios weighted by their energy."""
+    onsets, pitches, percussive, energy, total = 0.0, [], 0.0, 0.0, 0
+    with sf.SoundFile(path) as f:
+        rate = f.samplerate
+        for block in f.blocks(blocksize=max(1, int(block_seconds * rate)), dtype="float32", always_2d=True):
+            wave = block.mean(axis=1)
+            total += len(wave)
+            onsets += onset_rate(wave, rate) * len(wave) / rate
+            pitches.append(median_pitch(wave, rate))
+            e = float(np.square(wave, dtype=np.float64).sum())
+            percussive, energy = percussive + percussive_ratio(wave, rate) * e, energy + e
+    if total == 0:
+        raise ValueError(f"{path}: no samples")
+    voiced = [m for m in pitches if np.isfinite(m)]
+    pitch = float(np.median(voiced)) if voiced else math.nan
+    return {"file": path, "sample_rate": rate, "seconds": total / rate,
+            "onset_rate": onsets / (total / rate), "median_pitch": pitch,
+            "note": midi_name(pitch), "percussive_ratio": percussive / energy if energy > 0 else 0.0}

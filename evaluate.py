@@ -85,8 +85,8 @@ def build_parser():
 
 
 def run_fad(args):
-    if args.seconds <= 0:
-        raise UsageError("--seconds must be > 0")
+    if not 0 < args.seconds < float("inf"):
+        raise UsageError("--seconds must be a finite number > 0")
     if args.embedder == "mulan":
         embed = load_embedders(args.mulan)["MuLan"]
     else:

@@ -63,7 +63,7 @@ SYSTEMS = (("Noise2Music Waveform", "wave", False), ("Noise2Music Spectrogram", 
 
 def check_config(cfg):
     """Flags argparse cannot check, and the files they name; fills the MuLan default."""
-    if cfg.n < 2 or cfg.refs < 2 or cfg.batch < 1 or cfg.threads < 1 or cfg.steps < 0 or cfg.seconds < 0:
+    if cfg.n < 2 or cfg.refs < 2 or cfg.batch < 1 or cfg.threads < 1 or cfg.steps < 0 or not 0 <= cfg.seconds < float("inf"):
         raise UsageError("need --n >= 2, --refs >= 2, --batch >= 1, --threads >= 1, --steps >= 0, --seconds >= 0")
     cfg.mulan = cfg.mulan or os.path.join(cfg.ckpt_dir, "mulan.pt")
     for path in (os.path.join(cfg.corpus, "manifest.jsonl"), os.path.join(cfg.corpus, HELDOUT_CAPTIONS), cfg.mulan):

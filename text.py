@@ -416,6 +416,10 @@ class SafetensorsFile:
                 raise T5LoadError(f"{self.path}: tensor {name!r} of shape {shape} {dtype_name} needs {nbytes} "
                                   f"bytes but spans {end - begin}")
             entries[name] = (dtype, tuple(shape), begin, end)
+        spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items() if end > begin)
+        for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+            if begin < end:             # two tensors sharing bytes: a malformed or crafted file
+                raise T5LoadError(f"{self.path}: tensors {first!r} and {second!r} overlap (bytes {begin}-{end})")
         return entries
 
     def shapes(self):

@@ -194,17 +194,24 @@ def score_audio(pipeline, audio, pairs):
 
 
 def save_audio(path, audio):
-    """{pipeline: generated audio} as float32 arrays, for --rescore (float16 could tip a borderline pitch)."""
-    stack = lambda ws: np.stack(ws).astype(np.float32)
+    """{pipeline: generated audio} as float32 tensors, for --rescore (float16 could tip a borderline pitch)."""
+    stack = lambda ws: torch.from_numpy(np.stack(ws).astype(np.float32))
     torch.save({p: {"seconds": a["seconds"], "final": stack(a["final"]),
                     "stages": {key: stack(ws) for key, ws in a["stages"].items()}} for p, a in audio.items()}, path)
 
 
 def load_audio(path):
-    """The inverse of `save_audio`: each stacked array back to a list of clips."""
-    saved = torch.load(path, weights_only=False)
-    return {p: {"seconds": a["seconds"], "final": list(a["final"]),
-                "stages": {key: list(ws) for key, ws in a["stages"].items()}} for p, a in saved.items()}
+    """The inverse of `save_audio`: each stacked array back to a list of clips. Read with
+    weights_only=True (tensors and plain containers only), so a crafted file cannot run code."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        why = ("it holds objects other than tensors and plain data" if "weights_only" in str(e).lower()
+               else (str(e).splitlines() or [""])[0][:120])
+        raise ValueError(f"{path}: not audio stored by --save-audio ({why})") from None
+    clips = lambda stacked: [np.asarray(w) for w in stacked.numpy()]
+    return {p: {"seconds": a["seconds"], "final": clips(a["final"]),
+                "stages": {key: clips(ws) for key, ws in a["stages"].items()}} for p, a in saved.items()}
 
 
 def main():
@@ -247,7 +254,10 @@ def main():
     lines += ["Generated pairs (one word changed; each clip its own noise):", "", "| pipeline | " + " | ".join(
         f"{k} ({KINDS[k][1]} vs {KINDS[k][2]})" for k in KINDS) + " | finite | not silent | max clipped | length ok |",
         "|---" * (len(KINDS) + 5) + "|"]
-    speeds, generated = [], load_audio(args.rescore) if args.rescore else {}
+    try:
+        speeds, generated = [], load_audio(args.rescore) if args.rescore else {}
+    except ValueError as e:
+        p.error(str(e))
     for pipeline in args.pipelines.split(","):
         if args.rescore:
             if pipeline not in generated:

@@ -61,7 +61,7 @@ def pair_scores_at(stage, tokenizer, encoder, pairs, w, device):
 
 def run(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    carried = torch.load(args.data, weights_only=False)
+    carried = torch.load(args.data, map_location="cpu", weights_only=True)    # tensors and plain data only
     clips = [(e, w.float().numpy()) for e, w in zip(carried["entries"], carried["waves"])]
     train.load_stage_clips = lambda cfg, spec: (clips, args.data)
     tokenizer, encoder = text.load_t5(args.t5, device=device)
