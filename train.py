@@ -351,13 +351,19 @@ def snapshot(cfg, spec, ema, batch, text_cache, step, losses, device):
     base = os.path.join(folder, f"{spec.name}_{step:07d}")
     title = f"{spec.name}, step {step}"
     if spec.output == "spec":
-        np.save(base + ".npy", x[0].cpu().numpy())
-        plots.save_spectrogram(base + ".png", x[0].cpu().numpy(), title)
+        mel = x[0].cpu().numpy()
+        checks.atomic_write(base + ".npy", lambda tmp: _save_npy(tmp, mel))
+        plots.save_spectrogram(base + ".png", mel, title)
     else:
         wave = x[0, 0].clamp(-1, 1).cpu().numpy()
-        sf.write(base + ".wav", wave, spec.sample_rate)
+        checks.atomic_write(base + ".wav", lambda tmp: sf.write(tmp, wave, spec.sample_rate, format="WAV"))
         plots.save_wave_spectrogram(base + ".png", wave, spec.sample_rate, title)
     plots.save_losses(os.path.join(cfg.out, f"{spec.name}_loss.png"), losses)
+
+
+def _save_npy(path, array):
+    with open(path, "wb") as f:          # a file object: np.save would append ".npy" to a name
+        np.save(f, array)
 
 
 # ------------------------------------------------------------------------------------------------
