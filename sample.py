@@ -87,16 +87,16 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     try:
         args.prompt_list = read_prompts(args)
-        check_outputs(args)
         checks.check_number("--seconds", args.seconds, MIN_SECONDS, MAX_SECONDS)
         checks.check_seed("--seed", args.seed)
         checks.check_seed("--seed (plus one per prompt)", args.seed + len(args.prompt_list))
         if args.batch_size < 1:
             raise checks.InputError("--batch-size must be at least 1")
         args.device = checks.resolve_device(args.device)
+        args.knobs = _read_knobs(args)
+        check_outputs(args)                 # last: it may create the output folder
     except checks.InputError as e:
         p.error(str(e))
-    args.knobs = read_knobs(args, p)
     return args, p
 
 
