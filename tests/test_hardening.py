@@ -5,7 +5,7 @@ CASES is one table of command lines, each with the exit status it must give (2 f
 for inputs that are fine and used to crash). The tests run them in-process (fast); run as a
 script, this file runs each as a real process against any checkout and prints the table:
 
-    python tests/test_hardening.py [ROOT]        # ROOT: a checkout of the project (default: this one)
+    python tests/test_hardening.py [ROOT [NAME]]  # ROOT: a checkout (default: this one); NAME: cases containing it
 """
 import json
 import math
@@ -58,7 +58,7 @@ CASES = [
     ("sample 0-byte .pt", "7", ["sample.py", "x", "--ckpt-dir", "{empty_ckpt}", "--out", "{tmp}/o12.wav", *FAST], 2, "{tmp}/o12.wav"),
     ("train --resume 0-byte .pt", "7", ["train.py", "--stage", "super-res", "--data", "{manifest}", "--out", "{empty_run}", "--resume", *TRAIN], 2, None),
     ("data.py check --clip-seconds inf", "7", ["data.py", "check", "{manifest}", "--clip-seconds", "inf"], 2, None),
-    ("evaluate.py fad --seconds nan", "7", ["evaluate.py", "fad", "{tmp}", "{tmp}", "--seconds", "nan"], 2, None),
+    ("evaluate.py fad --seconds nan", "7", ["evaluate.py", "fad", "{tmp}/corpus/audio", "{tmp}/corpus/audio", "--seconds", "nan"], 2, None),
     ("vocoder: audio shorter than a hop", "7", ["train.py", "--stage", "vocoder", "--data", "{short_manifest}", "--out", "{tmp}/r10", *TRAIN], 0, None),
     ("pseudolabel label: short audio", "7", ["pseudolabel.py", "label", "--manifest", "{short_manifest}", "--out", "{tmp}/labelled.jsonl", "--model", "{ckpt}/mulan.pt", "--vocab", "{manifest}", "--k", "2", "--long", "1", "--short", "1", "--cache-dir", "{tmp}/plc"], 0, None),
     ("--seconds=0", "8", ["sample.py", "x", "--seconds=0", "--out", "{tmp}/o13.wav"], 2, "{tmp}/o13.wav"),
@@ -397,7 +397,8 @@ def test_fuzz_sample_arguments(tmp_path, capsys, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # As a script: each case as a real process, against any checkout
 
-def measure(root):
+def measure(root, only=""):
+    """Run the cases whose name contains `only` as real processes in `root`; print the table."""
     import tempfile
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     with tempfile.TemporaryDirectory() as tmp:
@@ -405,6 +406,8 @@ def measure(root):
         print("| case | issue item | exit status | expected | stderr lines | traceback | output left |")
         print("|---|---|---|---|---|---|---|")
         for name, item, argv, expected, must_not_exist in CASES:
+            if only not in name:
+                continue
             args = [a.encode("utf-8", "surrogateescape") for a in fill(argv, paths)]
             r = subprocess.run([sys.executable.encode(), *args], cwd=root, capture_output=True, env=env, timeout=900)
             err = r.stderr.decode("utf-8", "replace")
@@ -415,4 +418,4 @@ def measure(root):
 
 
 if __name__ == "__main__":
-    measure(os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ROOT))
+    measure(os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ROOT), *sys.argv[2:3])
