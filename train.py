@@ -196,7 +196,7 @@ def load_stage_clips(cfg, spec):
     clips, skipped = data.load_clips(entries, spec.sample_rate, spec.clip_seconds, cache_dir=cache_folder(cfg, manifest),
                                      progress=is_main())
     if not clips:
-        raise SystemExit(f"train.py: no usable audio in {manifest} ({len(skipped)} files skipped)")
+        refuse(f"no usable audio in {manifest} ({len(skipped)} files skipped)")
     return clips, manifest
 
 
@@ -530,12 +530,12 @@ def step_seed(*keys):
 
 def load_text_encoder(path):
     if not os.path.isdir(path):
-        raise SystemExit(f"train.py: no T5 directory at {path}" + (
+        refuse(f"no T5 directory at {path}" + (
             " (build the toy text encoder with `python train.py --stage all`)" if path == TOY_T5 else ""))
     try:
         return text.load_t5(path)
     except text.T5LoadError as e:
-        raise SystemExit(f"train.py: {e}")
+        refuse(str(e))
 
 
 def export_inference(run_dir, dest):

@@ -61,6 +61,7 @@ CASES = [
     ("evaluate.py fad --seconds nan", "7", ["evaluate.py", "fad", "{tmp}/corpus/audio", "{tmp}/corpus/audio", "--seconds", "nan"], 2, None),
     ("vocoder: audio shorter than a hop", "7", ["train.py", "--stage", "vocoder", "--data", "{short_manifest}", "--out", "{tmp}/r10", *TRAIN], 0, None),
     ("pseudolabel label: short audio", "7", ["pseudolabel.py", "label", "--manifest", "{short_manifest}", "--out", "{tmp}/labelled.jsonl", "--model", "{ckpt}/mulan.pt", "--vocab", "{manifest}", "--k", "2", "--long", "1", "--short", "1", "--cache-dir", "{tmp}/plc"], 0, None),
+    ("train --t5 missing folder", "-", ["train.py", "--stage", "cascader", "--data", "{manifest}", "--out", "{tmp}/r11", "--t5", "{tmp}/no-t5", *TRAIN], 2, "{tmp}/r11/cascader.pt"),
     ("--seconds=0", "8", ["sample.py", "x", "--seconds=0", "--out", "{tmp}/o13.wav"], 2, "{tmp}/o13.wav"),
     ("--out-dir with one prompt", "8", ["sample.py", "x", "--out-dir", "{tmp}/od2", *FAST], 2, "{tmp}/od2/000.wav"),
     ("data.py check: int captions", "8", ["data.py", "check", "{int_captions}"], 2, None),
