@@ -199,7 +199,7 @@ def test_project_flag(capsys):
     import sample
     args, _ = sample.parse_args(["x", "--vocoder-project", "0.5"])
     assert args.knobs["vocoder"].project == 0.5 and args.knobs["super-res"].project is None
-    for bad, message in ((["--vocoder-project", "1.5"], "must be a time in [0, 1]"),
+    for bad, message in ((["--vocoder-project", "1.5"], "--vocoder-project must be in [0, 1]"),
                          (["--cascader-project", "0.5"], "unrecognized arguments")):
         with pytest.raises(SystemExit) as e:
             sample.parse_args(["x", *bad])
