@@ -197,13 +197,12 @@ def test_stage_lengths_cover_the_next_stage_for_any_length():
     """Every up-sampled stage output is at least the next stage's length (~40% of three-decimal
     lengths were one sample short when each stage rounded on its own)."""
     import cascade
-    import data
     rng = np.random.default_rng(0)
     for pipeline, names in cascade.PIPELINES.items():
-        specs = [cascade.stage_spec(n) for n in names]
+        first = cascade.stage_spec(names[0])
         for seconds in np.concatenate([rng.uniform(0.01, 30, 2000), np.arange(1, 2000) / 1000]):
-            n1, n2, n3 = cascade.stage_lengths(specs, seconds)
-            up1 = n1 * 160 if pipeline == "spec" else n1 * 16000 // specs[0].sample_rate
+            n1, n2, n3 = cascade.stage_lengths(first, seconds)
+            up1 = n1 * 160 if pipeline == "spec" else n1 * 16000 // first.sample_rate
             assert n3 == round(seconds * 24000) and up1 >= n2 and n2 * 24000 // 16000 >= n3, (pipeline, seconds)
             assert up1 - n2 < (160 if pipeline == "spec" else 5) and n2 * 3 // 2 - n3 <= 1
 
@@ -289,7 +288,7 @@ def test_overlapping_safetensors_offsets_are_refused(tmp_path):
 def test_analyze_reads_long_files_in_blocks(tmp_path, monkeypatch):
     """A file longer than a block is measured block by block (bounded memory) and agrees with the
     whole-file measurement on a steady tone with regular clicks."""
-    import evaluate
+    import audio_measures as evaluate
     rate = 8000
     t = np.arange(12 * rate) / rate
     wave = 0.3 * np.sin(2 * np.pi * 220 * t)
@@ -379,8 +378,8 @@ def test_fuzz_sample_arguments(tmp_path, capsys, monkeypatch):
             assert e.code == 2 and len(err) == 1 and ": error: " in err[0], (argv, err)
             continue
         accepted += 1
-        names = cascade.PIPELINES[args.pipeline]
-        n1, n2, n3 = cascade.stage_lengths([cascade.stage_spec(n) for n in names], args.seconds or 4.0)
+        first = cascade.stage_spec(cascade.PIPELINES[args.pipeline][0])
+        n1, n2, n3 = cascade.stage_lengths(first, args.seconds or 4.0)
         assert n3 == round((args.seconds or 4.0) * 24000) and n3 >= 240 and n2 * 3 // 2 >= n3
     assert 10 < accepted < 190                            # the draws hit both sides of the checks
     for k in range(4):
