@@ -3,7 +3,8 @@
 Where each piece of the paper (Huang et al., 2023) lives:
 - section 3.3.1, FFT up-sampling of the low-fidelity audio -> `fft_resample`;
 - section 3.3.2, the 80-channel, 100 frames-per-second log-mel spectrogram in [-1, 1] -> `log_mel`;
-- section 3.6, non-overlapping 30 s clips cut from each track -> `load_clips`;
+- section 3.6, non-overlapping 30 s clips cut from each track -> `load_clips` (in memory), or
+  `python data.py prepare` and store.StoreClips (a prepared folder, read clip by clip);
 - section 4.1, the text batch of each clip (three long captions, plus short tags and metadata cut
   into chunks of the stage's token length; one entry drawn per example) -> `text_entries`,
   `draw_text`; random 3-4 s crops -> `draw_crop_length`, `random_crop`; conditioning augmentation
@@ -273,6 +274,10 @@ def griffin_lim(spec, iters=8):
 
 class ManifestError(ValueError):
     """A manifest that cannot be read; the message names the file and the line."""
+
+
+class StoreError(ValueError):
+    """A prepared folder (store.py) that cannot be used or resumed; the message says why."""
 
 
 def read_manifest(path):
@@ -678,7 +683,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser():
-    """The command line: `toy` (synthesize the toy corpus), `tunes`, `check`."""
+    """The command line: `toy` (synthesize the toy corpus), `tunes`, `check`, `prepare`."""
     parser = OneLineParser(
         prog="data.py", description="Noise2Music data: the toy corpus and real-audio manifests.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -692,7 +697,43 @@ def build_parser():
     check.add_argument("--sample-rate", type=_positive(int), default=16000)
     check.add_argument("--clip-seconds", type=_positive(float), default=CLIP_SECONDS)
     check.add_argument("--cache-dir", default=None, help="cache decoded, resampled tracks here")
+    prep = sub.add_parser("prepare", help="decode and resample a collection once, for training in bounded memory",
+                          description="Decode, mix down and FFT-resample every track of a manifest to the stage "
+                          "rates, stored as arrays with an index (store.py); resumable, bad files skipped.")
+    prep.add_argument("--manifest", required=True, help="a JSON Lines manifest")
+    prep.add_argument("--out", required=True, metavar="DIR", help="the prepared folder (train.py --data DIR)")
+    prep.add_argument("--rates", type=_rate_list, default=None,
+                      help="comma-separated rates in Hz (default: every stage's, 3200,16000,24000)")
+    prep.add_argument("--dtype", choices=("int16", "float32"), default="int16",
+                      help="int16 (default: scaled per track, half the disk) or float32 (exact)")
+    prep.add_argument("--workers", type=_positive(int), default=1, help="decoding processes (default 1)")
+    prep.add_argument("--shard-tracks", type=_positive(int), default=None,
+                      help="tracks per shard, the unit a killed run redoes (default 256, or the folder's)")
     return parser
+
+
+def _rate_list(text):
+    """argparse type: '3200,16000' -> (3200, 16000)."""
+    rates = tuple(_positive(int)(r) for r in text.split(","))
+    if len(set(rates)) != len(rates):
+        raise argparse.ArgumentTypeError(f"repeated rate in {text!r}")
+    return rates
+
+
+def _prepare_command(args):
+    """`python data.py prepare`: the prepared folder of store.py; prints hours and throughput."""
+    import time
+
+    import store
+    start = time.time()
+    try:
+        summary = store.prepare(args.manifest, args.out, args.rates or store.DEFAULT_RATES, args.dtype,
+                                args.workers, args.shard_tracks)
+    except (store.data.ManifestError, store.data.StoreError) as e:   # run as a script, this file is not
+        raise StoreError(str(e)) from None                           # the `data` module store.py imports
+    minutes = (time.time() - start) / 60
+    print(f"{args.out}: {summary['tracks']} tracks ({summary['hours']:.2f} h) at {summary['rates']} Hz, "
+          f"{summary['skipped']} files skipped; {minutes:.1f} min this run")
 
 
 def main(argv=None):
@@ -704,9 +745,11 @@ def main(argv=None):
             toy_corpus.run(args)
         elif args.command == "tunes":
             toy_corpus.build_tune_asset(args.out)
+        elif args.command == "prepare":
+            _prepare_command(args)
         else:
             _check_command(args)
-    except (ManifestError, OSError) as e:
+    except (ManifestError, OSError, StoreError) as e:
         parser.exit(2, f"data.py: error: {e}\n")
 
 

@@ -13,8 +13,12 @@ conditioning augmentations of data.py; gradient accumulation up to the paper's b
 (2048, 4096 for super-res) at full scale; bfloat16 autocast on GPU; gradient clipping at 1.
 
 Determinism: every random draw of step s (clips, crops, texts, t, eps, augmentations, CFG
-dropout) comes from generators seeded by (seed, rank, s) alone, so a run resumed from a
-checkpoint at step s continues exactly as the uninterrupted run (bitwise on CPU, tested).
+dropout) comes from generators seeded by (seed, rank, s, micro-step) alone, so a run resumed from
+a checkpoint at step s continues exactly as the uninterrupted run (bitwise on CPU, tested, with
+one process or several). Resumed with another number of processes, it continues from the same
+weights, optimizer state and step, and rank r keeps drawing the stream it would have drawn; the
+ranks that were added or removed change the global batch (at full scale, grad_accum is chosen
+again to keep the paper's batch), so the result is then no longer bitwise the uninterrupted run's.
 Differences from the paper at toy scale: far fewer steps, a larger learning rate (1e-3), an EMA
 decay of 0.999 with the usual (1 + n) / (10 + n) warm-up, no gradient accumulation, and half of
 the cascaders' and vocoder's examples see their conditioning un-augmented (`--clean-share`, see
@@ -43,6 +47,7 @@ import checks
 import data
 import diffusion
 import plots
+import store
 import text
 from unet1d import UNet1D, UNetConfig, count_parameters
 
@@ -61,7 +66,8 @@ class TrainConfig:
     """
     stage: str = field(default="wave-generator", metadata={"help": f"one of {', '.join(cascade.STAGES)}, or all"})
     scale: str = field(default="toy", metadata={"help": "toy or full (the paper's Tables 2 and 8)"})
-    data: str = field(default="", metadata={"help": "manifest.jsonl (default: the toy corpus, built on first use)"})
+    data: str = field(default="", metadata={"help": "manifest.jsonl, or a folder from data.py prepare (read lazily, "
+                                                   "bounded memory); default: the toy corpus, built on first use"})
     cache_dir: str = field(default="", metadata={"help": "where decoded audio is cached (default: .cache beside the manifest)"})
     out: str = field(default="runs/toy", metadata={"help": "run folder: checkpoints, logs, snapshots"})
     steps: int = field(default=None, metadata={"help": f"optimizer steps ({PRESET}; Table 2 at full)"})
@@ -105,6 +111,10 @@ def parse_args(argv=None):
         parser.error("--stop-at must not be negative")
     if args.data and not os.path.exists(args.data):
         parser.error(f"--data {args.data}: no such file")
+    if args.data and os.path.isdir(args.data) and not store.is_prepared(args.data):
+        parser.error(f"--data {args.data}: not a finished prepared folder (python data.py prepare)")
+    if args.data and os.path.isdir(args.data) and args.stage == "all":
+        parser.error("--stage all reads a manifest (its text encoder trains on it), not a prepared folder")
     try:
         check_config(args)
     except (checks.InputError, data.ManifestError) as e:
@@ -160,32 +170,80 @@ def resolve_config(cfg: TrainConfig, spec: cascade.StageSpec) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------
-# Data: every batch is a pure function of (seed, rank, step)
+# Data: every batch is a pure function of (seed, rank, step, micro-step)
+
+class MemoryClips:
+    """data.load_clips' list of (entry, wave) behind store.StoreClips' interface (len, wave, entry)."""
+
+    def __init__(self, clips):
+        self.clips = clips
+
+    def __len__(self):
+        return len(self.clips)
+
+    def wave(self, i):
+        return self.clips[i][1]
+
+    def entry(self, i):
+        return self.clips[i][0]
+
 
 class StageBatches(torch.utils.data.Dataset):
-    """Item s is the whole batch of step s: clips, crop, texts, all drawn from (seed, rank, s)."""
+    """Item (s, k) is the whole k-th micro-batch of step s: clips, crop, texts, drawn from (seed, rank, s, k).
+
+    `clips` is a MemoryClips (a manifest decoded into memory) or a store.StoreClips (a prepared
+    folder, read clip by clip in the DataLoader workers); both give the same clip i, so the same
+    seed draws the same batches from either. Micro-step 0 is seeded by (seed, rank, s) alone.
+    Nothing depends on the number of ranks or micro-steps, so a run resumed with a different
+    number of either never redraws a batch it has already used.
+    """
 
     def __init__(self, spec, clips, batch_size, seed, rank, count_tokens=None):
-        self.spec, self.clips, self.batch_size = spec, clips, batch_size
-        self.seed, self.rank = seed, rank
-        self.texts = [data.text_entries(entry, spec.token_len, count_tokens) if spec.has_text else []
-                      for entry, _ in clips]
+        self.spec, self.batch_size = spec, batch_size
+        self.clips = clips if hasattr(clips, "wave") else MemoryClips(clips)
+        self.seed, self.rank, self.count_tokens = seed, rank, count_tokens
 
     def __len__(self):
         return 1 << 40
 
-    def __getitem__(self, step):
-        rng = np.random.default_rng([self.seed, self.rank, step])
+    def texts(self, i):
+        """Clip i's text batch (data.text_entries); [] for a stage without text."""
+        if not self.spec.has_text:
+            return []
+        return data.text_entries(self.clips.entry(i), self.spec.token_len, self.count_tokens)
+
+    def __getitem__(self, index):
+        step, k = index if isinstance(index, tuple) else (index, 0)
+        rng = np.random.default_rng([self.seed, self.rank, step] + ([k] if k else []))
         crop = cascade.crop_length(self.spec, rng)
         picks = rng.integers(len(self.clips), size=self.batch_size)
-        examples = [cascade.training_example(self.spec, self.clips[i][1], crop, rng) for i in picks]
+        examples = [cascade.training_example(self.spec, self.clips.wave(i), crop, rng) for i in picks]
         batch = {k: torch.from_numpy(np.stack([e[k] for e in examples])).float() for k in examples[0]}
-        batch["text"] = [data.draw_text(self.texts[i], rng) for i in picks]
+        batch["text"] = [data.draw_text(self.texts(i), rng) for i in picks]
         return batch
 
 
+class MicroSteps(torch.utils.data.Sampler):
+    """The DataLoader's indices: (s, k) for steps s in [first, last) and micro-steps k < grad_accum."""
+
+    def __init__(self, first, last, grad_accum):
+        self.first, self.last, self.grad_accum = first, last, grad_accum
+
+    def __len__(self):
+        return (self.last - self.first) * self.grad_accum
+
+    def __iter__(self):
+        return ((s, k) for s in range(self.first, self.last) for k in range(self.grad_accum))
+
+
 def load_stage_clips(cfg, spec):
-    """(clips, manifest path): the stage's audio at its rate, cut into clips (cached on disk)."""
+    """(clips, source): the stage's clips at its rate, from a prepared folder (read lazily) or a
+    manifest (decoded into memory, cached on disk); the toy corpus by default."""
+    if cfg.data and os.path.isdir(cfg.data):
+        try:
+            return store.StoreClips(cfg.data, spec.sample_rate, spec.clip_seconds), cfg.data
+        except store.StoreError as e:
+            raise SystemExit(f"train.py: {e}")
     manifest = cfg.data or os.path.join(TOY_DATA, "manifest.jsonl")
     if not cfg.data and not os.path.exists(manifest):
         build_toy_corpus()
@@ -197,7 +255,7 @@ def load_stage_clips(cfg, spec):
                                      progress=is_main())
     if not clips:
         refuse(f"no usable audio in {manifest} ({len(skipped)} files skipped)")
-    return clips, manifest
+    return MemoryClips(clips), manifest
 
 
 def build_toy_corpus():
@@ -446,7 +504,7 @@ def train_stage(cfg: TrainConfig, stage: str):
 
     clips, manifest = load_stage_clips(cfg, spec)
     batches = StageBatches(spec, clips, cfg.batch_size, cfg.seed, rank, count_tokens)
-    sampler = range(step * cfg.grad_accum, cfg.steps * cfg.grad_accum)
+    sampler = MicroSteps(step, cfg.steps, cfg.grad_accum)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=sampler, num_workers=cfg.workers,
                                          persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
     if is_main():
