@@ -175,7 +175,7 @@ def test_training_from_a_prepared_folder_equals_the_manifest_and_resumes_bitwise
 def _torchrun(nproc, port, data_path, out, *extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
            "train.py", "--stage", "super-res", "--data", data_path, "--out", str(out), "--steps", "3",
-           "--batch-size", "2", "--workers", "0", "--eval-every", "0", "--device", "cpu", *extra]
+           "--batch-size", "2", "--workers", "0", "--eval-every", "0", "--log-every", "1", "--device", "cpu", *extra]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
