@@ -8,7 +8,7 @@ Two pipelines share the last stage (Figure 1 of the paper, figure-cascade.png):
 This file holds everything that differs between stages and between scales, in one table
 (`PRESETS`): per stage, its U-Net (Table 8), its training recipe (Table 2, section 4.1) and its
 inference defaults (Tables 3 and 7); a setting that differs between scales is written
-`ByScale(toy=..., full=...)`. `full` is the paper; `toy` shrinks widths, depths, clip lengths and
+`ByScale(toy=..., small=..., full=...)`. `full` is the paper; `toy` shrinks widths, depths, clip lengths and
 step counts so that the whole cascade trains on a 2-core CPU in minutes, through the same code.
 Every value at `full` that the paper does not give is listed in the README's "Departures from the
 paper"; so is every toy-only choice (the shifted noise schedules, w = 3 for the spectrogram
@@ -53,7 +53,7 @@ from data import (MEL_FPS, Augmentation, draw_crop_length, fft_resample, log_mel
 from unet1d import UNet1D, UNetConfig, count_parameters
 
 STAGES = ("wave-generator", "cascader", "spec-generator", "vocoder", "super-res")
-SCALES = ("toy", "full")
+SCALES = ("toy", "small", "full")
 
 FULL_TEXT_DIM = 1024    # T5-large / Flan-T5-large d_model, assumed: the paper does not name the T5 size
 TOY_TEXT_DIM = 128      # the toy T5 encoder trained here (text.py)
@@ -87,6 +87,11 @@ class ByScale(dict):
         if missing:
             raise ValueError(f"ByScale needs a value for every scale; missing {sorted(missing)}")
         super().__init__(values)
+
+
+def _unets(toy, full):
+    """A stage's U-Nets by scale: the small one is the full one (Table 8) at half the base width."""
+    return ByScale(toy=toy, small=replace(full, base_dim=full.base_dim // 2), full=full)
 
 
 @dataclass(frozen=True)
@@ -142,30 +147,48 @@ class StageSpec:
 # at f Hz lives only at the depths whose rate exceeds 2f, so the toy waveform U-Nets put their extra
 # blocks and width at the top depths.
 
+# `small` is the one-GPU preset between the two: each stage trains on one 24 GB card in about a day,
+# on a collection of the user's own (a prepared folder: data.py prepare). It changes sizes only,
+# keeping the paper's recipe (schedules, loss weights, augmentations, token lengths, sampling):
+# - U-Nets: Table 8's at half the base width (`_unets`; 256 -> 128, the vocoder's 128 -> 64), the
+#   same depths, strides and attention: about a quarter of the parameters and of the FLOPs per sample.
+# - 10 s clips (the generators' whole clip; 32,000 samples at 3.2 kHz, 1,000 log-mel frames) and
+#   crops of the same share of a clip as the paper's, 1-1.33 s: a third of the length.
+#   Per example, forward and backward (torch FLOP counter, python bench/small_preset.py): wave
+#   generator 0.170 TFLOP (full 1.95), cascader 0.118 (1.33), spectrogram generator 0.042 (0.40),
+#   vocoder 0.042 (0.50), super-res 0.157 (1.88).
+# - Batch: 16 per pass, accumulated to 256 per step (512 for super-res, the paper's 2:1).
+# - Steps for about a day: a 24 GB card of ~125 TFLOP/s bfloat16 peak (A10, L4; an RTX 4090 has
+#   more) at the ~10% of peak these U-Nets reach on an H100 (bench/results_gpu_train_step_h100.txt)
+#   does ~12.5 TFLOP/s, 1.08e18 FLOP a day: 1.08e18 / (0.170e12 * 256) = 25k steps for the wave
+#   generator, 35k cascader, 100k spectrogram generator and vocoder, 13.5k super-res (at 512).
+#   An estimate from FLOPs, not a GPU measurement; the warm-up (2k steps), the cosine's end (the
+#   last step) and the EMA (0.9995, a ~2k-step horizon) are sized to those runs.
+
 # Section 4.1's recipe, the same for every stage.
 _RECIPE = dict(
-    batch=ByScale(toy=16, full=8),
-    lr=ByScale(toy=1e-3, full=1e-4),
-    warmup=ByScale(toy=100, full=10_000),
-    lr_end=ByScale(toy=None, full=2_500_000),
-    ema_decay=ByScale(toy=0.999, full=0.9999),
+    batch=ByScale(toy=16, small=16, full=8),
+    lr=ByScale(toy=1e-3, small=1e-4, full=1e-4),
+    warmup=ByScale(toy=100, small=2_000, full=10_000),
+    lr_end=ByScale(toy=None, small=None, full=2_500_000),
+    ema_decay=ByScale(toy=0.999, small=0.9995, full=0.9999),
     # Half of the toy examples see their conditioning clean: in a short run the paper's t ~ U[0, t_max]
     # leaves too few examples of the clean input that inference gives (data.augment_conditioning).
-    clean_share=ByScale(toy=0.5, full=0.0),
-    clip_seconds=ByScale(toy=4.0, full=30.0),
+    clean_share=ByScale(toy=0.5, small=0.0, full=0.0),
+    clip_seconds=ByScale(toy=4.0, small=10.0, full=30.0),
     clip=diffusion.DEFAULT_CLIP_PERCENTILE,
     keep_band=False,
     project=1.0,
 )
 # The cascaders' and the vocoder's crops: 3-4 s at full (super-res: not stated, the cascader's), and
 # the same share of a 4 s toy clip.
-_CROPS = ByScale(toy=(0.4, 0.533), full=(3.0, 4.0))
+_CROPS = ByScale(toy=(0.4, 0.533), small=(1.0, 1.333), full=(3.0, 4.0))
 
 PRESETS = {
     "wave-generator": dict(
         _RECIPE, output="wave", sample_rate=3200, frame_rate=3200, cond_rate=0, aligned=False,
-        token_len=ByScale(toy=32, full=64),
-        unet=ByScale(
+        token_len=ByScale(toy=32, small=64, full=64),
+        unet=_unets(
             toy=UNetConfig(base_dim=16, kernel_size=5, strides=(4, 4, 4, 4), channel_mults=(2, 2, 4, 8),
                            blocks=(2, 2, 1, 2), self_attn=(F, F, F, T), cross_attn=(F, F, T, T), heads=4,
                            in_channels=1, text_dim=TOY_TEXT_DIM),
@@ -173,16 +196,16 @@ PRESETS = {
                             blocks=(3, 3, 3, 4, 4, 4), self_attn=(F, F, F, T, T, T),
                             cross_attn=(F, F, F, T, T, T), heads=8, in_channels=1, text_dim=FULL_TEXT_DIM)),
         crop_seconds=(), loss_weighting="unit",
-        schedule=ByScale(toy=shifted("cosine"), full="cosine"),
+        schedule=ByScale(toy=shifted("cosine"), small="cosine", full="cosine"),
         augmentation=None,
-        train_steps=ByScale(toy=5500, full=1_600_000),
-        accumulate_to=ByScale(toy=0, full=2048),
-        steps=ByScale(toy=200, full=1000),      # toy: chosen by bench/adherence.py (tempo pairs)
+        train_steps=ByScale(toy=5500, small=25_000, full=1_600_000),
+        accumulate_to=ByScale(toy=0, small=256, full=2048),
+        steps=ByScale(toy=200, small=1000, full=1000),      # toy: chosen by bench/adherence.py (tempo pairs)
         step_schedule="front-heavy", gamma=0.0, w=10.0),
     "cascader": dict(
         _RECIPE, output="wave", sample_rate=16000, frame_rate=16000, cond_rate=3200, aligned=False,
-        token_len=ByScale(toy=32, full=64),
-        unet=ByScale(
+        token_len=ByScale(toy=32, small=64, full=64),
+        unet=_unets(
             toy=UNetConfig(base_dim=16, kernel_size=5, strides=(4, 4, 4), channel_mults=(2, 2, 4),
                            blocks=(2, 2, 1), self_attn=(F, F, F), cross_attn=(F, F, T), heads=4,
                            in_channels=1, cond_channels=1, text_dim=TOY_TEXT_DIM, aug_level=True),
@@ -190,18 +213,18 @@ PRESETS = {
                             blocks=(3, 3, 4, 6, 6), self_attn=(F,) * 5, cross_attn=(F, F, F, T, T), heads=8,
                             in_channels=1, cond_channels=1, text_dim=FULL_TEXT_DIM, aug_level=True)),
         crop_seconds=_CROPS, loss_weighting="unit",
-        schedule=ByScale(toy=shifted("linear"), full="linear"),
+        schedule=ByScale(toy=shifted("linear"), small="linear", full="linear"),
         augmentation=Augmentation(t_max=0.5, blur="1d", sigma_range=(0.1, 5.0), blur_size=10),
-        train_steps=ByScale(toy=3000, full=460_000),
-        accumulate_to=ByScale(toy=0, full=2048),
-        steps=ByScale(toy=40, full=800),        # toy: chosen by bench/adherence.py
+        train_steps=ByScale(toy=3000, small=35_000, full=460_000),
+        accumulate_to=ByScale(toy=0, small=256, full=2048),
+        steps=ByScale(toy=40, small=800, full=800),        # toy: chosen by bench/adherence.py
         step_schedule="front-heavy", gamma=1.0, w=5.0),
     "spec-generator": dict(
         _RECIPE, output="spec", sample_rate=16000, frame_rate=MEL_FPS, cond_rate=0, aligned=False,
-        token_len=ByScale(toy=48, full=96),
+        token_len=ByScale(toy=48, small=96, full=96),
         # toy base >= 80: the entry convolution is x_t's only way in, and a base narrower than the
         # 80 mel channels cannot pass x_t through.
-        unet=ByScale(
+        unet=_unets(
             toy=UNetConfig(base_dim=96, kernel_size=5, strides=(2, 2, 2), channel_mults=(1, 1, 1),
                            blocks=(1, 2, 2), self_attn=(F, F, T), cross_attn=(F, T, T), heads=4,
                            in_channels=80, text_dim=TOY_TEXT_DIM),
@@ -210,18 +233,18 @@ PRESETS = {
                             in_channels=80, text_dim=FULL_TEXT_DIM)),
         crop_seconds=(), loss_weighting="sigma2", schedule="linear",
         augmentation=None,
-        train_steps=ByScale(toy=5000, full=1_800_000),
-        accumulate_to=ByScale(toy=0, full=2048),
-        steps=ByScale(toy=50, full=2000),
+        train_steps=ByScale(toy=5000, small=100_000, full=1_800_000),
+        accumulate_to=ByScale(toy=0, small=256, full=2048),
+        steps=ByScale(toy=50, small=2000, full=2000),
         step_schedule="back-heavy", gamma=0.0,
-        w=ByScale(toy=3.0, full=5.0),           # toy: the log-mels follow their prompts better at w = 3
+        w=ByScale(toy=3.0, small=5.0, full=5.0),           # toy: the log-mels follow their prompts better at w = 3
         # No dynamic clipping: it divides a saturated estimate towards 0, which for a log-mel is
         # -40 dB, and fills the silence (the floor, -1) with a haze; the paper gives no percentile.
         clip=0.0),
     "vocoder": dict(
         _RECIPE, output="wave", sample_rate=16000, frame_rate=16000, cond_rate=0, aligned=True,
         token_len=0,
-        unet=ByScale(
+        unet=_unets(
             toy=UNetConfig(base_dim=16, kernel_size=5, strides=(2, 4, 4, 5), channel_mults=(1, 2, 2, 4),
                            blocks=(2, 3, 2, 1), self_attn=(F,) * 4, cross_attn=(F,) * 4, heads=4,
                            in_channels=1, aligned_channels=80, aligned_rate=160, aug_level=True),
@@ -229,18 +252,18 @@ PRESETS = {
                             blocks=(4,) * 4, self_attn=(F,) * 4, cross_attn=(F,) * 4, heads=8,
                             in_channels=1, aligned_channels=80, aligned_rate=160, aug_level=True)),
         crop_seconds=_CROPS, loss_weighting="unit",
-        schedule=ByScale(toy=shifted("linear"), full="linear"),
+        schedule=ByScale(toy=shifted("linear"), small="linear", full="linear"),
         augmentation=Augmentation(t_max=1.0, blur="2d", sigma_range=(0.2, 1.0), blur_size=5),
-        train_steps=ByScale(toy=6000, full=840_000),
-        accumulate_to=ByScale(toy=0, full=2048),
-        steps=ByScale(toy=25, full=100),
+        train_steps=ByScale(toy=6000, small=100_000, full=840_000),
+        accumulate_to=ByScale(toy=0, small=256, full=2048),
+        steps=ByScale(toy=25, small=100, full=100),
         step_schedule="front-heavy", gamma=0.0, w=1.0,
         # toy: mel projection (GLA-Grad, Liu et al. 2024) at every step; see mel_projection.
-        project=ByScale(toy=0.0, full=1.0)),
+        project=ByScale(toy=0.0, small=1.0, full=1.0)),
     "super-res": dict(
         _RECIPE, output="wave", sample_rate=24000, frame_rate=24000, cond_rate=16000, aligned=False,
         token_len=0,
-        unet=ByScale(
+        unet=_unets(
             toy=UNetConfig(base_dim=16, kernel_size=5, strides=(4, 4, 4), channel_mults=(1, 2, 4),
                            blocks=(2, 2, 1), self_attn=(F,) * 3, cross_attn=(F,) * 3, heads=4,
                            in_channels=1, cond_channels=1, aug_level=True),
@@ -248,11 +271,11 @@ PRESETS = {
                             blocks=(4,) * 4, self_attn=(F,) * 4, cross_attn=(F,) * 4, heads=8,
                             in_channels=1, cond_channels=1, aug_level=True)),
         crop_seconds=_CROPS, loss_weighting="unit",
-        schedule=ByScale(toy=shifted("linear"), full="linear"),
+        schedule=ByScale(toy=shifted("linear"), small="linear", full="linear"),
         augmentation=Augmentation(t_max=1.0),   # the paper names no blur for super-res
-        train_steps=ByScale(toy=3000, full=270_000),
-        accumulate_to=ByScale(toy=0, full=4096),
-        steps=ByScale(toy=15, full=800),
+        train_steps=ByScale(toy=3000, small=13_500, full=270_000),
+        accumulate_to=ByScale(toy=0, small=512, full=4096),
+        steps=ByScale(toy=15, small=800, full=800),
         step_schedule="front-heavy", gamma=0.0, w=1.0,
         keep_band=True),                        # both scales; see keep_input_band
 }

@@ -65,7 +65,8 @@ class TrainConfig:
     A field left at None takes the stage's value at cfg.scale from cascade.PRESETS (`resolve_config`).
     """
     stage: str = field(default="wave-generator", metadata={"help": f"one of {', '.join(cascade.STAGES)}, or all"})
-    scale: str = field(default="toy", metadata={"help": "toy or full (the paper's Tables 2 and 8)"})
+    scale: str = field(default="toy", metadata={"help": "toy (CPU, minutes), small (one 24 GB GPU, a day per stage) "
+                                                         "or full (the paper's Tables 2 and 8)"})
     data: str = field(default="", metadata={"help": "manifest.jsonl, or a folder from data.py prepare (read lazily, "
                                                    "bounded memory); default: the toy corpus, built on first use"})
     cache_dir: str = field(default="", metadata={"help": "where decoded audio is cached (default: .cache beside the manifest)"})
@@ -101,7 +102,7 @@ def parse_args(argv=None):
     if args.stage not in cascade.STAGES + ("all",):
         parser.error(f"--stage must be one of {', '.join(cascade.STAGES)}, all")
     if args.scale not in cascade.SCALES:
-        parser.error("--scale must be toy or full")
+        parser.error(f"--scale must be one of {', '.join(cascade.SCALES)}")
     if args.stage == "all" and args.scale != "toy" and not args.dry_run:
         parser.error("--stage all trains the toy cascade; train full-scale stages one by one")
     for name in ("steps", "batch_size", "grad_accum"):
@@ -438,8 +439,12 @@ def dry_run(cfg):
         length = round((spec.crop_seconds[1] if spec.crop_seconds else spec.clip_seconds) * spec.frame_rate)
         acts = activation_bytes(model, ucfg, length)
         states = n * (4 + 4 + 8 + 4)                 # weights, gradients, Adam moments, EMA (fp32)
+        # At the preset's batch; the H100 peaks of bench/results_gpu_train_step_h100.txt (bfloat16
+        # autocast) are 1.0-1.4 times this sum at full scale.
+        total = states + spec.batch * acts
         print(f"{stage:15s} {n / 1e6:8.1f}M params  {states / 2**30:6.2f} GiB weights+grads+Adam+EMA  "
-              f"{acts / 2**30:6.2f} GiB activations per example of length {length} (fp32)")
+              f"{acts / 2**30:6.2f} GiB activations per example of length {length} (fp32)  "
+              f"{total / 2**30:6.2f} GiB at batch {spec.batch}")
 
 
 def activation_bytes(model, ucfg, length):
