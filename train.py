@@ -242,9 +242,12 @@ def load_stage_clips(cfg, spec):
     manifest (decoded into memory, cached on disk); the toy corpus by default."""
     if cfg.data and os.path.isdir(cfg.data):
         try:
-            return store.StoreClips(cfg.data, spec.sample_rate, spec.clip_seconds), cfg.data
+            clips = store.StoreClips(cfg.data, spec.sample_rate, spec.clip_seconds)
         except store.StoreError as e:
             raise SystemExit(f"train.py: {e}")
+        if not len(clips):
+            raise SystemExit(f"train.py: no usable audio in {cfg.data} ({clips.meta['skipped']} files skipped)")
+        return clips, cfg.data
     manifest = cfg.data or os.path.join(TOY_DATA, "manifest.jsonl")
     if not cfg.data and not os.path.exists(manifest):
         build_toy_corpus()
