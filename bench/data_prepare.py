@@ -14,8 +14,9 @@ file listed twice is decoded and stored twice, so it costs preparation and disk 
 (/proc, every 0.2 s): the peak of the sum over the processes (the training process and its
 DataLoader worker; shared pages counted in each) and of the largest one.
 `worker` times train.StageBatches on the folder at full scale in this one process, one thread,
-as one DataLoader worker runs it: training examples per second per stage, against what an H100
-consumes (bench/results_gpu_train_step_h100.txt), hence the workers a GPU needs.
+as one DataLoader worker runs it: training examples per second per stage (wall clock, and per
+second of this process's CPU time: what a worker with a core of its own delivers), against what an
+H100 consumes (bench/results_gpu_train_step_h100.txt), hence the workers a GPU needs.
 Results: bench/results_data_prepare.md.
 """
 import argparse
@@ -122,18 +123,19 @@ def worker(args):
     torch.set_num_threads(1)                                  # what a DataLoader worker runs with
     tokenizer, _ = text.load_t5(args.t5)
     count_tokens = lambda s: len(tokenizer.sp.encode(s)) + 1  # noqa: E731  (train.py's)
-    print(f"{'stage':15s} {'ex/s per worker':>16s} {'H100 ex/s':>10s} {'workers per H100':>17s}")
+    print(f"{'stage':15s} {'ex/s wall':>10s} {'ex/CPU-s':>9s} {'H100 ex/s':>10s} {'workers (a core each) per H100':>31s}")
     for stage in args.stages:
         spec = cascade.stage_spec(stage, "full")
         clips = store.StoreClips(args.data, spec.sample_rate, spec.clip_seconds)
         batches = train.StageBatches(spec, clips, args.batch_size, seed=1, rank=0, count_tokens=count_tokens)
         batches[0]                                            # warm-up: opens files, builds caches
-        start = time.time()
+        start, cpu = time.time(), time.process_time()
         for s in range(1, args.batches + 1):
             batches[s]
-        rate = args.batches * args.batch_size / (time.time() - start)
+        n = args.batches * args.batch_size
+        rate, per_cpu = n / (time.time() - start), n / (time.process_time() - cpu)
         need = H100_EXAMPLES_PER_S[stage]
-        print(f"{stage:15s} {rate:16.1f} {need:10.1f} {math.ceil(need / rate):17d}")
+        print(f"{stage:15s} {rate:10.1f} {per_cpu:9.1f} {need:10.1f} {math.ceil(need / per_cpu):31d}")
     print(f"(batch {args.batch_size}, {args.batches} batches per stage, load average {os.getloadavg()[0]:.1f}, "
           f"{np.__name__} {np.__version__}, torch {torch.__version__})")
 
