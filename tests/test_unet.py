@@ -109,6 +109,8 @@ def test_tiny_unet_overfits_one_batch():
 PARAMETER_COUNTS = {
     "toy": {"wave-generator": 2_176_049, "cascader": 308_913, "spec-generator": 2_320_208, "vocoder": 274_913,
             "super-res": 182_993},
+    "small": {"wave-generator": 196_809_345, "cascader": 142_890_625, "spec-generator": 224_813_264,
+              "vocoder": 8_963_841, "super-res": 22_373_505},
     "full": {"wave-generator": 740_336_897, "cascader": 527_019_265, "spec-generator": 854_278_480,
              "vocoder": 35_737_089, "super-res": 89_377_025},
 }
