@@ -142,7 +142,7 @@ def check_config(cfg):
     checks.check_writable_dir("--out", cfg.out)
     if cfg.data and os.path.isfile(cfg.data):
         data.read_manifest(cfg.data)
-    if cfg.data or cfg.cache_dir:
+    if (cfg.data and os.path.isfile(cfg.data)) or cfg.cache_dir:     # a prepared folder needs no cache
         checks.check_writable_dir("--cache-dir", cache_folder(cfg, cfg.data))
 
 
@@ -244,9 +244,9 @@ def load_stage_clips(cfg, spec):
         try:
             clips = store.StoreClips(cfg.data, spec.sample_rate, spec.clip_seconds)
         except store.StoreError as e:
-            raise SystemExit(f"train.py: {e}")
+            refuse(str(e))
         if not len(clips):
-            raise SystemExit(f"train.py: no usable audio in {cfg.data} ({clips.meta['skipped']} files skipped)")
+            refuse(f"no usable audio in {cfg.data} ({clips.meta['skipped']} files skipped)")
         return clips, cfg.data
     manifest = cfg.data or os.path.join(TOY_DATA, "manifest.jsonl")
     if not cfg.data and not os.path.exists(manifest):
