@@ -495,13 +495,14 @@ def mel_projection(mel, peak=MEL_PROJECTION_PEAK):
 
 
 def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, text_mask=None,
-              unconditional=None, progress=None, **route):
+              unconditional=None, progress=None, given=None, **route):
     """Sample one stage: x_T ~ N(0, I) of `shape`, then eq. 4 with CFG and dynamic clipping.
 
     The vocoder, with a projection time below 1 (StageSpec.project, Sampling.project), replaces each
     x_0 estimate at t above it by its projection onto the log-mel's magnitude (`mel_projection`).
 
     :param unconditional: a (B,) bool tensor: examples generated without text (empty prompts).
+    :param given: a `Given` (audio in: a known region or an SDEdit start), or None.
     """
     spec = stage.spec
     deltas, gamma, w, percentile = resolve_sampling(spec, knobs)
@@ -525,10 +526,14 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
         eps = diffusion.clipped_eps_fn(eps, spec.schedule, percentile)
     if mel is not None:
         eps = diffusion.projected_eps_fn(eps, spec.schedule, mel_projection(mel), project)
-    x = diffusion.sample(eps, x_T, deltas, spec.schedule, gamma, generator=generator, progress=progress)
+    if given is None:
+        x = diffusion.sample(eps, x_T, deltas, spec.schedule, gamma, generator=generator, progress=progress)
+    else:
+        x = given.sample(eps, x_T, deltas, spec.schedule, gamma, generator, progress)
     if not torch.isfinite(x).all():             # an error naming the stage, never a silent WAV
         raise FloatingPointError(f"the {spec.name} stage produced NaN or infinite values")
-    return x if clean is None else keep_input_band(x, clean, spec.sample_rate, spec.cond_rate)
+    x = x if clean is None else keep_input_band(x, clean, spec.sample_rate, spec.cond_rate)
+    return x if given is None else given.keep_known(x)
 
 
 def keep_input_band(out, cond, rate, cond_rate):
@@ -648,6 +653,276 @@ def _stopwatch(timings):
             timings[name] = timings.get(name, 0.0) + now - clock[0]
         clock[0] = now
     return lap
+
+
+# ------------------------------------------------------------------------------------------------
+# Audio in: long-form, continuation, inpainting, audio-to-audio and text-guided up-sampling
+#
+# Every stage is a diffusion model over audio (or a log-mel) that a user can supply, so each mode
+# is the cascade of `cascade_generate` with some stages told part of their output (`Given`):
+#   - long-form (--seconds past the training length): the generator, whose bottom depths attend over
+#     the whole clip and which was trained on clips of one length, runs in windows of that length;
+#     each window's first `overlap` seconds are the end of the audio made so far, held as a known
+#     region (the same mechanism as continuation), and only its new part is kept, so consecutive
+#     windows share `overlap` seconds and join where the known part ends. The cascader / vocoder and
+#     super-res then run once over the whole length: they have no self-attention (their U-Nets are
+#     convolutions, the cascader's only attention is cross-attention to the text, which does not
+#     depend on the audio's length; unet1d has no positional embedding), so any length is a length
+#     they can serve, with no seams of their own;
+#   - continuation: the same windows, starting after the given clip, whose end is the first window's
+#     known region; every later stage keeps the given clip as a known region at its own rate;
+#   - inpainting: one generator window around the region (the whole clip when it fits), the rest
+#     known; every later stage keeps everything outside the region as known;
+#   - audio-to-audio: SDEdit at the generator from the given clip (3.2 kHz audio or its log-mel),
+#     the later stages as usual;
+#   - up-sampling: no generator; the cascader (text-guided) on the clip taken to 3.2 kHz, then
+#     super-res; or super-res alone for a clip of 16 kHz or more.
+# Known regions use replacement, with RePaint's resampling in the generator when jump > 0
+# (diffusion.known_region_sample); the later stages, led by their low-fidelity input, use plain
+# replacement. The final 24 kHz output equals the given audio exactly on its known part.
+
+GIVEN_RATE = 24000       # the given clip is held at the output rate
+DEFAULT_OVERLAP = 1.0    # seconds of each long-form window that are the previous audio
+MODES = ("long", "continue", "inpaint", "init", "upsample")
+
+
+@dataclass
+class Given:
+    """What one stage's sampler is told of its own output: a known region, or SDEdit's start."""
+    known: torch.Tensor = None   # (1, C, T) the known x_0 (read where mask is True)
+    mask: torch.Tensor = None    # (1, 1, T) bool, True where x_0 is known
+    init: torch.Tensor = None    # (1, C, T) SDEdit's given x_0
+    strength: float = 1.0        # SDEdit's start time
+    jump: int = 0                # RePaint's jump length (0: plain replacement)
+    resample: int = 1            # RePaint's number of resamplings r
+
+    def sample(self, eps, x_T, deltas, schedule, gamma, generator, progress):
+        if self.init is not None:
+            init = self.init.to(x_T.device, x_T.dtype).expand_as(x_T)
+            return diffusion.sdedit_sample(eps, init, self.strength, deltas, schedule, gamma, generator, progress)
+        return diffusion.known_region_sample(eps, x_T, deltas, schedule, gamma, self.known.to(x_T.device),
+                                             self.mask.to(x_T.device), self.jump, self.resample, generator, progress)
+
+    def keep_known(self, x):
+        """x with its known part set to the known audio exactly (after keep_input_band, say)."""
+        if self.mask is None:
+            return x
+        return torch.where(self.mask.to(x.device), self.known.to(x.device, x.dtype), x)
+
+
+@dataclass
+class AudioTask:
+    """An audio-in request: sample.py's --seconds past the training length, --continue, --inpaint,
+    --init and --upsample."""
+    mode: str                    # one of MODES
+    audio: torch.Tensor = None   # (T,) the given clip at GIVEN_RATE
+    rate: int = GIVEN_RATE       # the given file's own rate (up-sampling picks its stages by it)
+    region: tuple = ()           # inpainting: (start, end) seconds
+    strength: float = 1.0        # audio-to-audio: SDEdit's t
+    overlap: float = DEFAULT_OVERLAP
+    jump: int = 0
+    resample: int = 1
+
+    @property
+    def seconds(self):
+        return 0.0 if self.audio is None else self.audio.shape[-1] / GIVEN_RATE
+
+    def known_seconds(self):
+        """The known intervals of the output, in seconds: [(start, end), ...]."""
+        if self.mode == "continue":
+            return [(0.0, self.seconds)]
+        if self.mode == "inpaint":
+            return [(0.0, self.region[0]), (self.region[1], self.seconds)]
+        return []
+
+
+def at_stage(spec, wave):
+    """The given 24 kHz audio (..., T) as `spec`'s stage outputs it: (..., 1, T') audio at its rate,
+    or (..., 80, frames) log-mel."""
+    from data import fft_resample, log_mel
+    wave16 = fft_resample(wave, GIVEN_RATE, 16000)
+    if spec.output == "spec":
+        return log_mel(wave16, 16000)
+    return fft_resample(wave, GIVEN_RATE, spec.sample_rate)[..., None, :]
+
+
+def known_mask(intervals, rate, length):
+    """(1, 1, length) bool: True at the samples (or frames) of `rate` inside any (start, end) second interval."""
+    pos = torch.arange(length, dtype=torch.float64) / rate
+    mask = torch.zeros(length, dtype=torch.bool)
+    for start, end in intervals:
+        mask |= (pos >= start) & (pos < end)
+    return mask[None, None]
+
+
+def fit_tensor(x, length):
+    """Zero-pad or cut the last axis of a tensor to `length`."""
+    return x[..., :length] if x.shape[-1] >= length else torch.nn.functional.pad(x, (0, length - x.shape[-1]))
+
+
+def encode_prompts(text_encoder, prompts, spec, device):
+    """(T5 hidden (B, L, D), mask (B, L)) of the prompts, at the stage's token length."""
+    tokenizer, encoder = text_encoder
+    ids, mask = tokenizer(list(prompts), spec.token_len)
+    with torch.no_grad():
+        emb = encoder(ids.to(encoder.embed.weight.device), mask.to(encoder.embed.weight.device))
+    return emb.float().to(device), mask.to(device)
+
+
+def generate_windows(stage, knobs, batch, total, generator, prefix=None, overlap=DEFAULT_OVERLAP, jump=0,
+                     resample=1, progress=None, **text):
+    """The generator's output over `total` samples (frames), in windows of its training length.
+
+    Window k covers [start, start + L) with start = (length done so far) - overlap: its first part
+    is the end of the output so far, held as a known region (replacement, RePaint with jump > 0),
+    and only the rest is kept. With a `prefix` (continuation) the output starts as the prefix.
+
+    :param prefix: (1, C, P) known start of the output, or None.
+    :param overlap: samples (frames) of each window that are the previous output; less than L.
+    :param text: run_stage's text, text_mask, unconditional.
+    :return: (batch, C, total).
+    """
+    L, C = stage.spec.length, 80 if stage.spec.output == "spec" else 1
+    if not 0 <= overlap < L:
+        raise ValueError(f"the overlap must be in [0, {L}) samples, got {overlap}")
+    out = torch.zeros(batch, C, total, device=stage.device)
+    done = 0
+    if prefix is not None:
+        done = min(prefix.shape[-1], total)
+        out[..., :done] = prefix[..., :done].to(out)
+    while done < total:
+        start = max(done - overlap, 0)
+        known = fit_tensor(out[..., start:start + L], L)                 # (B, C, L)
+        mask = (torch.arange(L, device=out.device) < done - start)[None, None]
+        given = Given(known=known, mask=mask, jump=jump, resample=resample) if done > start else None
+        x = run_stage(stage, knobs, (batch, C, L), generator, progress=progress, given=given, **text)
+        end = min(start + L, total)
+        out[..., done:end] = x[..., done - start:end - start]
+        done = end
+    return out
+
+
+def _window_around(region, clip_seconds, window_seconds):
+    """(start, end) seconds of a window of window_seconds that holds `region`, inside the clip."""
+    if clip_seconds <= window_seconds:
+        return 0.0, clip_seconds
+    middle = (region[0] + region[1]) / 2
+    start = min(max(middle - window_seconds / 2, 0.0), clip_seconds - window_seconds)
+    return start, start + window_seconds
+
+
+def generate_first(stages, names, text, task, seconds, batch, generator, knobs, progress=None):
+    """Stage 1 of an audio-in task: (B, C, n) 3.2 kHz audio or log-mel over `seconds`."""
+    first = stages[names[0]]
+    spec, rate = first.spec, first.spec.frame_rate
+    n = round(seconds * rate)
+    bar = progress and progress(names[0])
+    if task.mode in ("long", "continue"):
+        prefix = at_stage(spec, task.audio)[None] if task.mode == "continue" else None
+        return generate_windows(first, knobs, batch, n, generator, prefix, round(task.overlap * rate),
+                                task.jump, task.resample, bar, **text)
+    given_x = fit_tensor(at_stage(spec, task.audio)[None], n)                         # (1, C, n)
+    C = given_x.shape[1]
+    if task.mode == "init":
+        given = Given(init=given_x, strength=task.strength)
+        return run_stage(first, knobs, (batch, C, n), generator, progress=bar, given=given, **text)
+    a, b = _window_around(task.region, seconds, spec.clip_seconds)                    # inpainting
+    ia, ib = round(a * rate), min(round(a * rate) + round((b - a) * rate), n)
+    mask = known_mask(task.known_seconds(), rate, n)[..., ia:ib]
+    given = Given(known=given_x[..., ia:ib], mask=mask, jump=task.jump, resample=task.resample)
+    x = run_stage(first, knobs, (batch, C, ib - ia), generator, progress=bar, given=given, **text)
+    out = given_x.expand(batch, -1, -1).clone().to(x.device)
+    out[..., ia:ib] = x
+    return out
+
+
+def _known_at(task, rate, n):
+    """Given for a later stage at `rate` (n samples): the task's known audio and mask, or None."""
+    intervals = task.known_seconds()
+    if not intervals:
+        return None
+    from data import fft_resample
+    known = fit_tensor(fft_resample(task.audio, GIVEN_RATE, rate), n)[None, None]    # (1, 1, n)
+    return Given(known=known, mask=known_mask(intervals, rate, n))
+
+
+def generate_later(stages, names, x1, seconds, generator, knobs, task, text2=None, progress=None):
+    """Stages 2 and 3 over the whole length (no windows: see the note above), keeping known audio.
+
+    :param x1: the stage-1 output (B, C, n1), or None for up-sampling from the given clip.
+    :return: {stage name: output}, each (B, 1, T) audio.
+    """
+    from data import fft_resample
+    out = {}
+    second, third = stages[names[1]], stages[names[2]]
+    n2, n3 = round(seconds * 16000), round(seconds * 24000)
+    bar = lambda i: progress and progress(names[i])
+    if x1 is None and task.rate >= 16000:             # super-res alone
+        x2 = fit_tensor(fft_resample(task.audio, GIVEN_RATE, 16000), n2)[None, None]
+    elif second.spec.aligned:
+        x2 = run_stage(second, knobs[names[1]], (x1.shape[0], 1, x1.shape[-1] * 160), generator,
+                       progress=bar(1), given=_known_at(task, 16000, x1.shape[-1] * 160), aligned=x1)[..., :n2]
+    else:
+        if x1 is None:                                  # up-sampling: the clip at 3.2 kHz is the input
+            x1 = fft_resample(task.audio, GIVEN_RATE, 3200)[None, None]
+            x1 = x1.expand(text2["text"].shape[0], -1, -1)
+        cond = fit_tensor(fft_resample(x1, 3200, 16000), n2)
+        x2 = run_stage(second, knobs[names[1]], (x1.shape[0], 1, n2), generator, progress=bar(1),
+                       given=_known_at(task, 16000, n2), cond=cond, **text2)
+    out[names[1]] = x2
+    cond = fit_tensor(fft_resample(x2, 16000, 24000), n3)
+    out[names[2]] = run_stage(third, knobs[names[2]], (x2.shape[0], 1, n3), generator, progress=bar(2),
+                              given=_known_at(task, 24000, n3), cond=cond)
+    return out
+
+
+def task_seconds(task, seconds, generator_seconds):
+    """The output length of a task: the given clip's for inpainting, audio-to-audio and up-sampling;
+    for continuation `seconds` if given, else the clip plus one generator window."""
+    if task.mode in ("inpaint", "init", "upsample"):
+        return task.seconds
+    if task.mode == "continue":
+        return seconds or task.seconds + generator_seconds
+    return seconds
+
+
+def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, task: AudioTask,
+                   device="cpu", progress=None, keep=None, timings=None):
+    """Prompts (and the task's audio) in, 24 kHz audio out: `cascade_generate` for the audio-in modes.
+
+    :param stages: {name: StageModel} of `pipeline` (up-sampling: of the waveform path).
+    :param task: what is given and what to do (see `AudioTask`, and the note above `Given`).
+    :param seconds: the output length for "long" and "continue" (0: see `task_seconds`).
+    :return: a (B, T) float tensor at 24 kHz.
+    """
+    import time
+    names = PIPELINES["wave" if task.mode == "upsample" else pipeline]
+    gen = torch.Generator().manual_seed(seed)
+    B = len(prompts)
+    unconditional = torch.tensor([p.strip() == "" for p in prompts])
+    seconds = task_seconds(task, seconds, stages[names[0]].spec.clip_seconds if names[0] in stages else 0)
+    clock = time.perf_counter()
+    x1 = None
+    if task.mode != "upsample":
+        emb, mask = encode_prompts(text_encoder, prompts, stages[names[0]].spec, device)
+        x1 = generate_first(stages, names, dict(text=emb, text_mask=mask, unconditional=unconditional), task,
+                            seconds, B, gen, knobs[names[0]], progress)
+        if timings is not None:
+            timings[names[0]] = timings.get(names[0], 0.0) + time.perf_counter() - clock
+    text2 = {}
+    if stages[names[1]].spec.has_text:
+        emb, mask = encode_prompts(text_encoder, prompts, stages[names[1]].spec, device)
+        text2 = dict(text=emb, text_mask=mask, unconditional=unconditional)
+    clock = time.perf_counter()
+    later = generate_later(stages, names, x1, seconds, gen, knobs, task, text2, progress)
+    if timings is not None:
+        timings["later"] = timings.get("later", 0.0) + time.perf_counter() - clock
+    x3 = later[names[2]]
+    if keep is not None:
+        keep.update({k: v.cpu() for k, v in later.items()})
+        if x1 is not None:
+            keep[names[0]] = x1.cpu()
+    return x3.expand(B, -1, -1)[:, 0].cpu()
 
 
 if __name__ == "__main__":

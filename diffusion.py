@@ -503,3 +503,119 @@ def guided_eps_fn(eps_pair_fn, w, schedule, percentile=DEFAULT_CLIP_PERCENTILE):
 def eps_pair(eps_cond_fn, eps_uncond_fn):
     """Adapt two callables eps_fn(x_t, t) into the eps_pair_fn that `guided_eps_fn` takes."""
     return lambda x_t, t: (eps_cond_fn(x_t, t), eps_uncond_fn(x_t, t))
+
+
+# ----------------------------------------------------------------------------------------------
+# Samplers given part of the audio (continuation, inpainting, long-form, audio-to-audio)
+
+def _ancestral_step(eps_fn, x, t, s, schedule, gamma, generator):
+    """One step of eq. 4 from time t to s < t; at s = 0 it returns the data estimate (see `sample`).
+
+    :return: (x_s, x_0 estimate or None); at s = 0, x_s is the estimate itself.
+    """
+    t_batch = _time_batch(t, x)
+    eps_hat = eps_fn(x, t_batch)
+    if s == 0:
+        x0 = x0_from_eps(x, eps_hat, t_batch, schedule)
+        return x0, x0
+    c_x, c_eps, c_z = ancestral_coefficients(t, s, schedule, gamma)
+    return c_x * x - c_eps * eps_hat + c_z * _noise_like(x, generator), None
+
+
+def _renoise(x_s, s, t, schedule, generator):
+    """Draw x_t ~ q(x_t | x_s) = N((alpha_t / alpha_s) x_s, sigma^2_{t|s} I) for t > s (eq. 3)."""
+    lam_s, lam_t, alpha_s, alpha_t, _, sigma_t = _step_terms(s, t, schedule)
+    std = sigma2_t_given_s(lam_t, lam_s, sigma_t).sqrt()
+    return float(alpha_t / alpha_s) * x_s + float(std) * _noise_like(x_s, generator)
+
+
+def repaint_path(n_steps, jump=0, resample=1):
+    """The step indices visited by RePaint's resampling schedule (Lugmayr et al. 2022, section 4.2).
+
+    Walking from n = N down to 0, at every multiple n of `jump` (0 < n <= N - jump) the first
+    `resample` - 1 arrivals jump back up `jump` steps (re-noising with q(x_t | x_s)) and walk down
+    again, so that the known and the generated parts have `jump` steps to agree before the walk
+    goes on. jump = 0 or resample = 1 gives the plain path N, N - 1, ..., 0. The number of model
+    calls is about N * resample.
+
+    :return: a list of indices into `step_times`, starting at N and ending at 0.
+    """
+    left = {n: resample - 1 for n in range(jump, n_steps - jump + 1, jump)} if jump > 0 and resample > 1 else {}
+    path, n = [n_steps], n_steps
+    while n > 0:
+        n -= 1
+        path.append(n)
+        if left.get(n, 0) > 0:
+            left[n] -= 1
+            path += list(range(n + 1, n + jump + 1))
+            n += jump
+    return path
+
+
+@torch.no_grad()
+def known_region_sample(eps_fn, x_T, deltas, schedule, gamma, known, mask, jump=0, resample=1,
+                        generator=None, progress=None):
+    """Eq. 4 with part of x_0 given: replacement, optionally with RePaint's resampling.
+
+    After every denoising step to time s, the known part of x_s is replaced by the known audio
+    noised to s, q_sample(known, s) (the "replacement" method of Song et al. 2021 and Ho et al.
+    2022, video diffusion); the model's own step is kept where mask is 0. Plain replacement
+    (jump = 0) lets the generated part see the known part only through x_s, which at high noise
+    says little, so the two may not fit; RePaint (Lugmayr et al. 2022) re-noises and repeats
+    stretches of the walk (`repaint_path`) so that they harmonize. The last step's data estimate
+    keeps the known part exactly: out = mask * known + (1 - mask) * x_0_hat.
+
+    :param eps_fn: eps_fn(x_t, t) -> eps_hat, as for `sample`.
+    :param x_T: the [B x C x T] starting noise.
+    :param known: the known x_0, [B x C x T] (or broadcastable); values where mask is 0 are unused.
+    :param mask: 1 (or True) where x_0 is known, broadcastable to x_T, e.g. [1 x 1 x T].
+    :param jump, resample: RePaint's jump length j and number of resamplings r (0 / 1: replacement).
+    :return: x_0, shaped like x_T.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    times = step_times(deltas).tolist()
+    mask = mask.to(x_T.dtype)
+    known = known.to(x_T.dtype).expand_as(x_T)
+    path = repaint_path(len(times) - 1, jump, resample)
+    x = x_T
+    for i in (progress(range(1, len(path))) if progress is not None else range(1, len(path))):
+        n, m = path[i - 1], path[i]
+        if m > n:                                   # RePaint: back up from t_n to t_m
+            x = _renoise(x, times[n], times[m], schedule, generator)
+            continue
+        x, x0 = _ancestral_step(eps_fn, x, times[n], times[m], schedule, gamma, generator)
+        if x0 is not None:
+            return mask * known + (1 - mask) * x0
+        s = _time_batch(times[m], x)
+        x = mask * q_sample(known, s, _noise_like(x, generator), schedule) + (1 - mask) * x
+    return x
+
+
+def truncated_times(deltas, t_start):
+    """The step times of `deltas` below t_start, with t_start itself last: SDEdit's shorter walk."""
+    if not 0.0 < t_start <= 1.0:
+        raise ValueError(f"the start time must be in (0, 1], got {t_start}")
+    times = step_times(deltas).tolist()
+    return [t for t in times if t < t_start] + [float(t_start)]
+
+
+@torch.no_grad()
+def sdedit_sample(eps_fn, x_init, strength, deltas, schedule, gamma, generator=None, progress=None):
+    """SDEdit (Meng et al. 2022): noise the given x_0 to t = strength, then run eq. 4 from there.
+
+    x_s = alpha_s x_init + sigma_s z with s = strength, then the ancestral steps of `deltas` whose
+    times lie below s. strength = 1 is plain sampling from x_1 = q_sample(x_init, 1, z) (which, as
+    alpha_1 > 0, still holds a trace of x_init); small strengths keep more of the given audio.
+
+    :param x_init: the given [B x C x T] x_0.
+    :param strength: s in (0, 1].
+    :return: x_0, shaped like x_init.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    times = truncated_times(deltas, strength)
+    x = q_sample(x_init, _time_batch(times[-1], x_init), _noise_like(x_init, generator), schedule)
+    for n in _steps(len(times) - 1, progress):
+        x, _ = _ancestral_step(eps_fn, x, times[n], times[n - 1], schedule, gamma, generator)
+    return x

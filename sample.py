@@ -55,7 +55,104 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.add_argument("--save-stages", action="store_true", help="also write each stage's output as sound and picture")
     add_knob_flags(p)
+    add_audio_flags(p)
     return p
+
+
+def add_audio_flags(p):
+    """The audio-in flags (cascade.py's note on audio in): continuation, inpainting, SDEdit, up-sampling."""
+    g = p.add_argument_group("audio in (any file soundfile reads; any rate, channels mixed down)")
+    g.add_argument("--continue", dest="continue_", metavar="FILE", help="the output starts with this audio and goes on "
+                   "(to --seconds in all, default: one generator window more)")
+    g.add_argument("--inpaint", metavar="FILE", help="regenerate --region of this audio, keep the rest exactly")
+    g.add_argument("--region", metavar="START:END", help="with --inpaint: the seconds to regenerate")
+    g.add_argument("--init", metavar="FILE", help="audio-to-audio (SDEdit): start the generator from this audio")
+    g.add_argument("--strength", type=float, default=None,
+                   help=f"with --init: the noise time S in (0, 1] it starts from (default {DEFAULT_STRENGTH:g}; "
+                   "1 keeps almost nothing)")
+    g.add_argument("--upsample", metavar="FILE", help="text-guided up-sampling of low-rate or muffled audio "
+                   "(the waveform path's cascader and super-res; super-res alone for 16 kHz or more)")
+    g.add_argument("--overlap", type=float, default=cascade.DEFAULT_OVERLAP,
+                   help="long-form and continuation: seconds of each generator window that are the previous audio")
+    g.add_argument("--repaint-jump", type=int, default=DEFAULT_JUMP,
+                   help="generator's known-region sampler: RePaint's jump length (0: plain replacement)")
+    g.add_argument("--repaint-resample", type=int, default=DEFAULT_RESAMPLE,
+                   help="generator's known-region sampler: RePaint's number of resamplings r")
+
+
+DEFAULT_STRENGTH = 0.6
+DEFAULT_JUMP, DEFAULT_RESAMPLE = 10, 2
+MIN_AUDIO_SECONDS = 0.5
+AUDIO_FLAGS = {"continue_": "--continue", "inpaint": "--inpaint", "init": "--init", "upsample": "--upsample"}
+
+
+def read_audio_input(flag, path, p):
+    """The file as a (T,) float tensor at the output rate, and its own rate; p.error on a bad file."""
+    try:
+        wave, rate = data.decode_audio(path)
+    except data.AudioError as e:
+        p.error(f"{flag} {path}: {e}")
+    seconds = len(wave) / rate
+    if seconds < MIN_AUDIO_SECONDS:
+        p.error(f"{flag} {path}: too short ({seconds:.3g} s; at least {MIN_AUDIO_SECONDS:g} s)")
+    if seconds > MAX_SECONDS:
+        p.error(f"{flag} {path}: too long ({seconds:.0f} s; at most {MAX_SECONDS:g} s)")
+    wave24 = data.fft_resample(torch.from_numpy(wave.astype(np.float64)), rate, cascade.GIVEN_RATE).float()
+    return wave24, rate
+
+
+def parse_region(text, seconds, p):
+    """(start, end) seconds from "START:END", inside a clip of `seconds`; p.error otherwise."""
+    try:
+        start, end = (float(v) for v in text.split(":"))
+    except ValueError:
+        p.error(f"--region {text}: expected START:END in seconds, e.g. 1.5:2.5")
+    if not 0 <= start < end <= seconds:
+        p.error(f"--region {text}: outside the clip (0 <= START < END <= {seconds:.3f} s)")
+    return start, end
+
+
+def check_audio_args(args, p, argv=None):
+    """args.task: a cascade.AudioTask for the audio-in flags (or None), read and checked before any model."""
+    given = [flag for key, flag in AUDIO_FLAGS.items() if getattr(args, key)]
+    if len(given) > 1:
+        p.error(f"give at most one of {', '.join(AUDIO_FLAGS.values())} (got {' and '.join(given)})")
+    if args.region is not None and not args.inpaint:
+        p.error("--region goes with --inpaint")
+    if args.inpaint and args.region is None:
+        p.error("--inpaint needs --region START:END")
+    if args.strength is not None and not args.init:
+        p.error("--strength goes with --init")
+    if args.strength is not None and not 0 < args.strength <= 1:
+        p.error("--strength must be in (0, 1]")
+    if args.overlap < 0 or args.repaint_jump < 0 or args.repaint_resample < 1:
+        p.error("--overlap and --repaint-jump must be >= 0 and --repaint-resample >= 1")
+    settings = dict(overlap=args.overlap, jump=args.repaint_jump, resample=args.repaint_resample)
+    args.task = None
+    if not given:
+        return
+    if args.seconds and not args.continue_:
+        p.error(f"--seconds does not go with {given[0]} (the output is as long as the given clip)")
+    key = next(k for k, f in AUDIO_FLAGS.items() if f == given[0])
+    wave, rate = read_audio_input(given[0], getattr(args, key), p)
+    mode = "continue" if key == "continue_" else key
+    task = cascade.AudioTask(mode, wave, rate, strength=args.strength or DEFAULT_STRENGTH, **settings)
+    if mode == "inpaint":
+        task.region = parse_region(args.region, task.seconds, p)
+    if mode == "continue" and args.seconds and args.seconds <= task.seconds:
+        p.error(f"--seconds {args.seconds:g} must be longer than the --continue clip ({task.seconds:.3f} s)")
+    if mode == "upsample":
+        args.pipeline = "wave"
+    args.task = task
+
+
+def check_against_models(task, first, p):
+    """Checks that need the generator's window length (read from its checkpoint, before sampling)."""
+    window = first.spec.clip_seconds
+    if task.overlap >= window:
+        p.error(f"--overlap {task.overlap:g} must be shorter than the generator's window ({window:g} s)")
+    if task.mode == "inpaint" and task.region[1] - task.region[0] >= window:
+        p.error(f"--region: at most {window:g} s can be regenerated (the generator's window)")
 
 
 def add_knob_flags(p):
@@ -97,6 +194,7 @@ def parse_args(argv=None):
         check_outputs(args)                 # last: it may create the output folder
     except checks.InputError as e:
         p.error(str(e))
+    check_audio_args(args, p)
     return args, p
 
 
@@ -238,6 +336,11 @@ def main(argv=None):
     stages, text_encoder = load_models(args, parser, device)
     first = stages[cascade.PIPELINES[args.pipeline][0]]
     seconds = args.seconds or first.spec.clip_seconds
+    task = args.task
+    if task is None and seconds > first.spec.clip_seconds:         # long-form: generator windows
+        task = cascade.AudioTask("long", overlap=args.overlap, jump=args.repaint_jump, resample=args.repaint_resample)
+    if task is not None:
+        check_against_models(task, first, parser)
     check_prompts(args.prompt_list, text_encoder[0], stages)
 
     def progress(name):
@@ -249,8 +352,12 @@ def main(argv=None):
         keep = {}
         try:
             with torch.no_grad():
-                audio = cascade.cascade_generate(stages, text_encoder, batch, args.pipeline, seconds,
-                                                 args.seed + start, args.knobs, device, progress, keep)
+                if task is None:
+                    audio = cascade.cascade_generate(stages, text_encoder, batch, args.pipeline, seconds,
+                                                     args.seed + start, args.knobs, device, progress, keep)
+                else:
+                    audio = cascade.audio_generate(stages, text_encoder, batch, args.pipeline, args.seconds,
+                                                   args.seed + start, args.knobs, task, device, progress, keep)
         except FloatingPointError as e:     # NaN or infinity from a stage: say which, write nothing
             parser.exit(2, f"{parser.prog}: error: {e} (try fewer extreme knobs, or check that checkpoint)\n")
         for i, wave in enumerate(audio):
