@@ -1,0 +1,416 @@
+"""Audio in: long-form, continuation, inpainting, audio-to-audio and up-sampling, measured.
+
+    python bench/beyond.py [--pipeline spec] [--parts tune,long,continue,inpaint,init,upsample]
+                           [--long-seconds 30] [--long-pairs 20] [--pairs 20] [--a2a-clips 20]
+                           [--strengths 0.2,0.4,0.6,0.8,1.0] [--upsample-clips 20] [--out bench/results_beyond.md]
+
+Each part writes a section of --out (the command line heads the file):
+- tune: the settings (long-form overlap; RePaint jump j and resamplings r) are chosen on prompts and
+  seeds of their own (seeds from 1000), by the seam at the generator's window joins; every later
+  part reports on fresh seeds (from 0) with the chosen settings.
+- long: prompt pairs of one changed vocabulary word (bench/adherence.py's), each generated --long-
+  seconds long; every 4 s window of the 24 kHz output is scored like a 4 s clip (pair ordered right
+  by evaluate.py's onset rate / median pitch / percussive ratio); the seam: spectral flux (mean
+  absolute log-mel frame difference, 100 fps) at the joins of the generator's windows against the
+  same statistic inside windows (at least 0.3 s from a join); wall time per second of audio.
+- continue / inpaint: pairs of real toy-corpus clips (toy_corpus.py renders them) that differ in one
+  attribute; the prompt names the clip's other attributes only, so the generated part can get the
+  measured one only from the given audio. Pair right = the generated parts measure the right way
+  round, as the given clips do. Also: the largest change of the known part (float), the seam, and
+  RePaint against plain replacement.
+- init (SDEdit): a real clip and a prompt that changes one attribute; an output takes it when the
+  analyzer's class (threshold midway, in log scale, between real clips of the two words) is the
+  prompted one, and keeps the others when their classes stay the clip's; a curve over strength.
+- upsample: real clips taken down to 3.2 kHz (cascader + super-res) and to 16 kHz (super-res alone)
+  and restored to 24 kHz; log-spectral distance to the real 24 kHz clip against FFT up-sampling.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import adherence  # noqa: E402
+import cascade  # noqa: E402
+import data  # noqa: E402
+import sample  # noqa: E402
+import toy_corpus  # noqa: E402
+
+RATE = 24000
+WINDOW = 4.0            # seconds of each scored window (the toy clips' length)
+TUNE_SEED = 1000        # settings are chosen on seeds from here; results are reported on seeds from 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurements
+
+def frame_flux(wave, rate=RATE):
+    """Spectral flux per 10 ms frame: mean |difference| of consecutive log-mel frames (values in [-1, 1])."""
+    mel = data.log_mel(torch.as_tensor(np.asarray(wave, dtype=np.float32)), rate)     # (80, F)
+    return np.concatenate([[0.0], (mel[:, 1:] - mel[:, :-1]).abs().mean(0).numpy()])
+
+
+def seam_stats(wave, joins, rate=RATE, reach=2, away=0.3, step=0.25):
+    """(flux at each join, flux at points inside windows): the largest frame flux within `reach`
+    frames of the point; inside points lie on a `step` grid at least `away` s from any join and end."""
+    flux = frame_flux(wave, rate)
+    at = lambda sec: float(flux[max(round(sec * 100) - reach, 1):round(sec * 100) + reach + 1].max())
+    seconds = len(wave) / rate
+    inside = [s for s in np.arange(away, seconds - away, step) if all(abs(s - j) >= away for j in joins)]
+    return [at(j) for j in joins], [at(s) for s in inside]
+
+
+def seam_row(name, at_joins, inside):
+    """A table row: both distributions' quartiles, and the share of joins within the inside range."""
+    q = lambda v: "/".join(f"{x:.3f}" for x in np.percentile(v, [0, 25, 50, 75, 100])) if len(v) else "-"
+    p95 = np.percentile(inside, 95) if inside else float("nan")
+    within = np.mean([j <= max(inside) for j in at_joins]) if at_joins and inside else float("nan")
+    below95 = np.mean([j <= p95 for j in at_joins]) if at_joins and inside else float("nan")
+    return f"| {name} | {len(at_joins)} | {q(at_joins)} | {len(inside)} | {q(inside)} | {within:.0%} | {below95:.0%} |"
+
+
+SEAM_HEADER = ["| run | joins | flux at joins (min/25%/median/75%/max) | inside points | flux inside (min/25%/median/75%/max) "
+               "| joins <= inside max | joins <= inside 95th pct |", "|---|---|---|---|---|---|---|"]
+
+
+def log_spectral_distance(x, ref, above=0.0, n_fft=2048, hop=512, floor_db=-80.0):
+    """LSD (dB): the RMS over frequency (bins above `above` Hz) of the log-power difference, averaged
+    over frames; powers floored at floor_db under the reference's loudest bin (an 80 dB range)."""
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+    spec = lambda w: torch.stft(torch.as_tensor(np.asarray(w), dtype=torch.float64), n_fft, hop, window=window,
+                                return_complex=True).abs() ** 2                  # (bins, frames)
+    a, b = spec(x), spec(ref)
+    floor = float(b.max()) * 10 ** (floor_db / 10)
+    d = 10 * torch.log10(a.clamp(min=floor)) - 10 * torch.log10(b.clamp(min=floor))
+    d = d[torch.fft.rfftfreq(n_fft, 1 / RATE) >= above]
+    return float(d.pow(2).mean(0).sqrt().mean())
+
+
+def measure(kind, wave, rate=RATE):
+    return adherence.measure(kind, wave, rate)
+
+
+# ------------------------------------------------------------------------------------------------
+# Real toy-corpus clips
+
+class Corpus:
+    """Clips rendered on demand by toy_corpus.py with chosen attributes (flute / bass, slow / fast, drums / solo)."""
+
+    def __init__(self, seed):
+        self.tunes = toy_corpus.load_tunes()
+        self.rng = np.random.default_rng(seed)
+
+    def clip(self, seconds, tempo, instrument, drums):
+        tune = self.tunes[int(self.rng.integers(len(self.tunes)))]
+        attrs = toy_corpus.draw_attributes(self.rng, tune, seconds, tempo=tempo, instrument=instrument, drums=drums)
+        audio, _ = toy_corpus.render_clip(tune, attrs, self.rng)
+        return audio.astype(np.float32), attrs
+
+
+def prompt_for(attrs, leave_out=None):
+    """A prompt in the corpus's vocabulary for a clip's attributes, without the word of kind `leave_out`."""
+    what = {"flute": "flute melody", "bass": "bass line"}.get(attrs["instrument"], f"{attrs['instrument']} tune")
+    if leave_out == "register":
+        what = "melody"
+    tempo = "" if leave_out == "tempo" or not attrs["tempo"] else attrs["tempo"] + " "
+    drums = "" if leave_out == "drums" else (", with drums" if attrs["drums"] else ", solo")
+    return f"a {tempo}{what} in a {attrs['mode']} key{drums}"
+
+
+KIND_ATTR = {"tempo": ("tempo", "fast", "slow"), "register": ("instrument", "flute", "bass"), "drums": ("drums", True, False)}
+
+
+def real_pairs(corpus, n, seconds):
+    """{kind: [(clip of the higher word, attrs), (clip of the lower word, attrs)] * n}; other attributes drawn."""
+    pairs = {}
+    for kind, (key, hi, lo) in KIND_ATTR.items():
+        pairs[kind] = []
+        for i in range(n):
+            base = dict(tempo=("slow", "fast")[i % 2], instrument=("flute", "bass")[i // 2 % 2], drums=bool(i // 4 % 2))
+            pairs[kind].append(tuple(corpus.clip(seconds, **{**base, key: v}) for v in (hi, lo)))
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------------
+# Running the cascade
+
+def load(pipeline, ckpt_dir):
+    ns = argparse.Namespace(pipeline=pipeline, ckpt_dir=ckpt_dir)
+    return sample.load_models(ns, argparse.ArgumentParser(), torch.device("cpu"))
+
+
+def run(models, pipeline, prompts, task, seconds, seed, knobs, keep=None):
+    stages, enc = models
+    with torch.no_grad():
+        return cascade.audio_generate(stages, enc, prompts, pipeline, seconds, seed, knobs, task, keep=keep).numpy()
+
+
+def long_joins(total, window, overlap, prefix=0.0):
+    """Seconds at which generate_windows' windows join (where each window's known part ends)."""
+    joins, done = [], prefix
+    if not prefix:
+        done = window
+    while done < total - 1e-9:
+        joins.append(done)
+        done = min(max(done - overlap, 0.0) + window, total)
+    return joins
+
+
+# ------------------------------------------------------------------------------------------------
+# Parts
+
+def part_tune(args, models, lines):
+    """Choose the overlap and the RePaint setting on the tuning seeds, by the seam of long-form audio."""
+    seconds = args.tune_seconds
+    prompts = [p for pair in adherence.prompt_pairs(args.tune_prompts)["tempo"] for p in pair][:args.tune_prompts]
+    lines += [f"## Settings chosen (seeds from {TUNE_SEED}, {len(prompts)} prompts, {seconds:g} s long-form)", ""] + SEAM_HEADER
+    best = None
+    for overlap, jump, resample in args.candidates:
+        t0 = time.perf_counter()
+        task = cascade.AudioTask("long", overlap=overlap, jump=jump, resample=resample)
+        audio = run(models, args.pipeline, prompts, task, seconds, TUNE_SEED, args.knobs)
+        joins = long_joins(seconds, WINDOW, overlap)
+        at, inside = [], []
+        for w in audio:
+            a, b = seam_stats(w, joins)
+            at, inside = at + a, inside + b
+        score = np.median(at) / np.median(inside)
+        name = f"overlap {overlap:g} s, jump {jump}, r {resample}"
+        lines.append(seam_row(name, at, inside) + f" median ratio {score:.2f}, {time.perf_counter() - t0:.0f} s")
+        print(lines[-1], flush=True)
+        if best is None or score < best[0]:
+            best = (score, overlap, jump, resample)
+    _, args.overlap, args.jump, args.resample = best
+    lines += ["", f"Chosen (lowest median flux ratio, joins / inside): overlap {args.overlap:g} s, jump {args.jump}, "
+              f"r {args.resample}.", ""]
+
+
+def part_long(args, models, lines):
+    pairs = adherence.prompt_pairs(args.long_pairs)
+    prompts = [p for kind in adherence.KINDS for pair in pairs[kind] for p in pair]
+    task = cascade.AudioTask("long", overlap=args.overlap, jump=args.jump, resample=args.resample)
+    waves, t0 = [], time.perf_counter()
+    for i, p in enumerate(prompts):
+        waves.append(run(models, args.pipeline, [p], task, args.long_seconds, i, args.knobs)[0])
+        print(f"  long: {i + 1}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
+    per_second = (time.perf_counter() - t0) / (args.long_seconds * len(prompts))
+    n_win = int(args.long_seconds // WINDOW)
+    lines += [f"## Long-form: {args.long_seconds:g} s, {args.pipeline} pipeline, {args.long_pairs} prompt pairs per kind, "
+              f"overlap {args.overlap:g} s, jump {args.jump}, r {args.resample}", "",
+              f"Pairs ordered right in each {WINDOW:g} s window of the long clips ({n_win} windows per clip):", "",
+              "| kind | " + " | ".join(f"{k * WINDOW:g}-{(k + 1) * WINDOW:g} s" for k in range(n_win)) + " | all windows |",
+              "|---" * (n_win + 2) + "|"]
+    i = 0
+    for kind in adherence.KINDS:
+        ok = np.zeros((len(pairs[kind]), n_win), dtype=bool)
+        for j in range(len(pairs[kind])):
+            hi, lo = waves[i], waves[i + 1]
+            i += 2
+            for k in range(n_win):
+                cut = slice(int(k * WINDOW * RATE), int((k + 1) * WINDOW * RATE))
+                ok[j, k] = measure(kind, hi[cut]) > measure(kind, lo[cut])
+        lines.append(f"| {kind} | " + " | ".join(f"{v:.0%}" for v in ok.mean(0)) + f" | {ok.mean():.0%} |")
+    joins = long_joins(args.long_seconds, WINDOW, args.overlap)
+    at, inside = [], []
+    for w in waves:
+        a, b = seam_stats(w, joins)
+        at, inside = at + a, inside + b
+    lines += ["", f"Seam (joins at {', '.join(f'{j:g}' for j in joins)} s):", ""] + SEAM_HEADER
+    lines += [seam_row("long-form", at, inside), "",
+              f"Wall time: {per_second:.2f} s per second of audio (one clip at a time, {torch.get_num_threads()} thread, "
+              "shared CPU).", ""]
+
+
+def part_known(args, models, lines, mode):
+    """Continuation or inpainting of real clips: attribute agreement, the known part, the seam; RePaint vs replacement."""
+    corpus = Corpus(args.seed + (1 if mode == "continue" else 2))
+    # clips rendered 0.5 s longer and cut, so that a continued clip does not end in the corpus's 20 ms fade-out
+    pairs = {k: [tuple((c[:int(WINDOW * RATE)], a) for c, a in pair) for pair in v]
+             for k, v in real_pairs(corpus, args.pairs, WINDOW + 0.5).items()}
+    jump, resample = args.jump or sample.DEFAULT_JUMP, max(args.resample, 2)     # RePaint even where tune chose none
+    methods = [("replacement", 0, 1), (f"RePaint j={jump} r={resample}", jump, resample)]
+    lines += [f"## {'Continuation' if mode == 'continue' else 'Inpainting'} of real toy-corpus clips ({args.pipeline} pipeline, "
+              f"{args.pairs} pairs per kind)", ""]
+    if mode == "continue":
+        lines.append(f"Given: a {WINDOW:g} s clip; generated: {args.continue_seconds:g} s more; scored: the generated part.")
+    else:
+        lines.append(f"Given: a {WINDOW:g} s clip; regenerated: {args.region[0]:g}-{args.region[1]:g} s; scored: the region.")
+    lines += ["", "| method | " + " | ".join(f"{k} pairs right" for k in KIND_ATTR) + " | given clips' pairs right | "
+              "largest change of the known part | s per s of audio |", "|---" * (len(KIND_ATTR) + 4) + "|"]
+    seams = []
+    for name, jump, resample in methods:
+        scores, given_scores, worst, at, inside, t0, secs = {}, {}, 0.0, [], [], time.perf_counter(), 0.0
+        for kind in KIND_ATTR:
+            ok, ok_given = [], []
+            for j, pair in enumerate(pairs[kind]):
+                parts, given_parts = [], []
+                for clip, attrs in pair:
+                    wave = torch.from_numpy(clip)
+                    task = cascade.AudioTask(mode, wave, RATE, region=tuple(args.region), jump=jump, resample=resample)
+                    total = WINDOW + args.continue_seconds if mode == "continue" else 0.0
+                    out = run(models, args.pipeline, [prompt_for(attrs, leave_out=kind)], task, total, 100 + j, args.knobs)[0]
+                    secs += len(out) / RATE
+                    if mode == "continue":
+                        known, new, joins = slice(0, len(clip)), slice(len(clip), len(out)), [WINDOW]
+                    else:
+                        a, b = (round(s * RATE) for s in args.region)
+                        known, new, joins = np.r_[0:a, b:len(clip)], slice(a, b), list(args.region)
+                    worst = max(worst, float(np.abs(out[known] - clip[known]).max()))
+                    parts.append(measure(kind, out[new]))
+                    given_parts.append(measure(kind, clip[new] if mode == "inpaint" else clip))
+                    a_, b_ = seam_stats(out, joins)
+                    at, inside = at + a_, inside + b_
+                ok.append(parts[0] > parts[1])
+                ok_given.append(given_parts[0] > given_parts[1])
+            scores[kind], given_scores[kind] = np.mean(ok), np.mean(ok_given)
+            print(f"  {mode} {name} {kind}: {scores[kind]:.0%}", flush=True)
+        speed = (time.perf_counter() - t0) / secs
+        lines.append(f"| {name} | " + " | ".join(f"{scores[k]:.0%}" for k in KIND_ATTR) + " | "
+                     + "/".join(f"{given_scores[k]:.0%}" for k in KIND_ATTR) + f" | {worst:.2e} | {speed:.2f} |")
+        seams.append(seam_row(name, at, inside))
+    lines += ["", "Seam:", ""] + SEAM_HEADER + seams + [""]
+
+
+def thresholds(corpus, n):
+    """{kind: threshold}: the geometric mean of the medians of n real clips of each word."""
+    out = {}
+    for kind, (key, hi, lo) in KIND_ATTR.items():
+        meds = []
+        for v in (hi, lo):
+            vals = []
+            for i in range(n):
+                base = dict(tempo=("slow", "fast")[i % 2], instrument=("flute", "bass")[i // 2 % 2], drums=bool(i // 4 % 2))
+                clip, _ = corpus.clip(WINDOW, **{**base, key: v})
+                vals.append(measure(kind, clip))
+            meds.append(np.median(vals))
+        out[kind] = float(np.sqrt(max(meds[0], 1e-6) * max(meds[1], 1e-6)))
+    return out
+
+
+def part_init(args, models, lines):
+    corpus = Corpus(args.seed + 3)
+    cut = thresholds(corpus, 6)
+    classify = lambda w: {k: measure(k, w) > cut[k] for k in KIND_ATTR}
+    clips = []
+    for i in range(args.a2a_clips):
+        clip, attrs = corpus.clip(WINDOW, ("slow", "fast")[i % 2], ("flute", "bass")[i // 2 % 2], bool(i // 4 % 2))
+        clips.append((clip, attrs))
+    flip = {"tempo": {"fast": "slow", "slow": "fast"}, "register": {"flute": "bass", "bass": "flute"},
+            "drums": {True: False, False: True}}
+    lines += [f"## Audio-to-audio (SDEdit at the generator, {args.pipeline} pipeline): {args.a2a_clips} real clips, "
+              "each with three prompts that change one attribute", "",
+              "Thresholds (geometric mean of the medians of 6 real clips per word): "
+              + ", ".join(f"{k} {v:.3g}" for k, v in cut.items()), "",
+              "| strength | " + " | ".join(f"{k}: took / kept others / both" for k in KIND_ATTR) + " | all: both |",
+              "|---" * (len(KIND_ATTR) + 2) + "|"]
+    given_cls = [classify(c) for c, _ in clips]
+    for s in args.strengths:
+        took, kept, both = {k: [] for k in KIND_ATTR}, {k: [] for k in KIND_ATTR}, {k: [] for k in KIND_ATTR}
+        for i, (clip, attrs) in enumerate(clips):
+            prompts, wanted = [], []
+            for kind, (key, hi, lo) in KIND_ATTR.items():
+                new = dict(attrs, **{key: flip[kind][attrs[key]]})
+                prompts.append(prompt_for(new))
+                wanted.append(new[key] == hi)
+            task = cascade.AudioTask("init", torch.from_numpy(clip), RATE, strength=s)
+            outs = run(models, args.pipeline, prompts, task, 0.0, 200 + i, args.knobs)
+            for kind, out, want in zip(KIND_ATTR, outs, wanted):
+                cls = classify(out)
+                t = cls[kind] == want
+                k_ = all(cls[o] == given_cls[i][o] for o in KIND_ATTR if o != kind)
+                took[kind].append(t), kept[kind].append(k_), both[kind].append(t and k_)
+        allb = np.mean([v for k in KIND_ATTR for v in both[k]])
+        lines.append(f"| {s:g} | " + " | ".join(f"{np.mean(took[k]):.0%} / {np.mean(kept[k]):.0%} / {np.mean(both[k]):.0%}"
+                                                for k in KIND_ATTR) + f" | {allb:.0%} |")
+        print(lines[-1], flush=True)
+    lines.append("")
+
+
+def part_upsample(args, models, lines):
+    corpus = Corpus(args.seed + 4)
+    rows = {low: (([], []), ([], [])) for low in (3200, 16000)}    # {rate: ((all bins), (above its Nyquist))}
+    for i in range(args.upsample_clips):
+        clip, attrs = corpus.clip(WINDOW, ("slow", "fast")[i % 2], ("flute", "bass", "piano", "guitar", "organ")[i % 5],
+                                  bool(i // 2 % 2))
+        ref = torch.from_numpy(clip).double()
+        for low in rows:
+            down = data.fft_resample(ref, RATE, low)
+            plain = data.fft_resample(down, low, RATE).numpy()
+            task = cascade.AudioTask("upsample", data.fft_resample(down, low, RATE).float(), low)
+            out = run(models, "wave", [prompt_for(attrs)], task, 0.0, 300 + i, args.knobs)[0]
+            for j, above in enumerate((0.0, low / 2)):
+                rows[low][j][0].append(log_spectral_distance(out, clip, above))
+                rows[low][j][1].append(log_spectral_distance(plain, clip, above))
+        print(f"  upsample {i + 1}/{args.upsample_clips}", flush=True)
+    lines += [f"## Up-sampling real toy-corpus clips to 24 kHz ({args.upsample_clips} clips; log-spectral distance to the "
+              "real 24 kHz clip, dB, mean +- std over clips, powers floored 80 dB under the clip's loudest bin; lower is better)", "",
+              "| input | bins | cascade (text-guided) | plain FFT up-sampling | clips where the cascade is closer |",
+              "|---|---|---|---|---|"]
+    for low, bands in rows.items():
+        how = "cascader + super-res" if low < 16000 else "super-res alone"
+        for (model, plain), which in zip(bands, ("all", f"above {low // 2} Hz")):
+            lines.append(f"| {low} Hz ({how}) | {which} | {np.mean(model):.2f} +- {np.std(model):.2f} | {np.mean(plain):.2f} +- "
+                         f"{np.std(plain):.2f} | {np.mean(np.array(model) < np.array(plain)):.0%} |")
+    lines.append("")
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt-dir", default="checkpoints/toy")
+    p.add_argument("--pipeline", default="spec", choices=("wave", "spec"), help="the path for long-form, continuation, "
+                   "inpainting and audio-to-audio (up-sampling always uses the waveform path's cascader)")
+    p.add_argument("--parts", default="tune,long,continue,inpaint,init,upsample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--long-seconds", type=float, default=30.0)
+    p.add_argument("--long-pairs", type=int, default=20, help="prompt pairs per kind for long-form")
+    p.add_argument("--pairs", type=int, default=20, help="real clip pairs per kind for continuation and inpainting")
+    p.add_argument("--continue-seconds", type=float, default=4.0, help="seconds generated after the given clip")
+    p.add_argument("--region", default="1:3", help="inpainting: the seconds regenerated in a 4 s clip")
+    p.add_argument("--a2a-clips", type=int, default=20)
+    p.add_argument("--strengths", default="0.2,0.4,0.6,0.8,1.0")
+    p.add_argument("--upsample-clips", type=int, default=20)
+    p.add_argument("--tune-prompts", type=int, default=4)
+    p.add_argument("--tune-seconds", type=float, default=12.0)
+    p.add_argument("--tune-candidates", default="0.5:0:1,1:0:1,2:0:1,1:10:2",
+                   help="OVERLAP:JUMP:R settings tried by the tune part")
+    p.add_argument("--overlap", type=float, default=cascade.DEFAULT_OVERLAP, help="used when the tune part is not run")
+    p.add_argument("--jump", type=int, default=sample.DEFAULT_JUMP)
+    p.add_argument("--resample", type=int, default=sample.DEFAULT_RESAMPLE)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="bench/results_beyond.md")
+    sample.add_knob_flags(p)
+    args = p.parse_args(argv)
+    args.knobs = sample.read_knobs(args, p)
+    args.strengths = [float(s) for s in args.strengths.split(",")]
+    args.region = [float(s) for s in args.region.split(":")]
+    args.candidates = [(float(o), int(j), int(r)) for o, j, r in (c.split(":") for c in args.tune_candidates.split(","))]
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    parts = args.parts.split(",")
+    lines = ["# Audio in: long-form, continuation, inpainting, audio-to-audio, up-sampling", "",
+             "Command: `OMP_NUM_THREADS=1 python bench/beyond.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`", ""]
+    models = load(args.pipeline, args.ckpt_dir) if set(parts) - {"upsample"} else None
+    todo = {"tune": part_tune, "long": part_long, "continue": lambda a, m, l: part_known(a, m, l, "continue"),
+            "inpaint": lambda a, m, l: part_known(a, m, l, "inpaint"), "init": part_init}
+    for part in parts:
+        t0 = time.perf_counter()
+        if part == "upsample":
+            part_upsample(args, models if args.pipeline == "wave" else load("wave", args.ckpt_dir), lines)
+        else:
+            todo[part](args, models, lines)
+        lines += [f"({part}: {time.perf_counter() - t0:.0f} s)", ""]
+        with open(args.out, "w") as f:            # after every part, so a cut-off run keeps what it has
+            f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
