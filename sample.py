@@ -81,7 +81,7 @@ def add_audio_flags(p):
 
 
 DEFAULT_STRENGTH = 0.6
-DEFAULT_JUMP, DEFAULT_RESAMPLE = 10, 2
+DEFAULT_JUMP, DEFAULT_RESAMPLE = 2, 3
 MIN_AUDIO_SECONDS = 0.5
 AUDIO_FLAGS = {"continue_": "--continue", "inpaint": "--inpaint", "init": "--init", "upsample": "--upsample"}
 

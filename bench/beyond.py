@@ -231,7 +231,8 @@ def part_known(args, models, lines, mode):
     # clips rendered 0.5 s longer and cut, so that a continued clip does not end in the corpus's 20 ms fade-out
     pairs = {k: [tuple((c[:int(WINDOW * RATE)], a) for c, a in pair) for pair in v]
              for k, v in real_pairs(corpus, args.pairs, WINDOW + 0.5).items()}
-    jump, resample = args.jump or sample.DEFAULT_JUMP, max(args.resample, 2)     # RePaint even where tune chose none
+    jump, resample = (args.jump, args.resample) if args.jump and args.resample > 1 else \
+        (sample.DEFAULT_JUMP, sample.DEFAULT_RESAMPLE)                          # RePaint even where tune chose none
     methods = [("replacement", 0, 1), (f"RePaint j={jump} r={resample}", jump, resample)]
     lines += [f"## {'Continuation' if mode == 'continue' else 'Inpainting'} of real toy-corpus clips ({args.pipeline} pipeline, "
               f"{args.pairs} pairs per kind)", ""]
@@ -375,7 +376,7 @@ def parse(argv=None):
     p.add_argument("--upsample-clips", type=int, default=20)
     p.add_argument("--tune-prompts", type=int, default=4)
     p.add_argument("--tune-seconds", type=float, default=12.0)
-    p.add_argument("--tune-candidates", default="0.5:0:1,1:0:1,2:0:1,1:10:2",
+    p.add_argument("--tune-candidates", default="0.5:0:1,1:0:1,2:0:1,1:2:3",
                    help="OVERLAP:JUMP:R settings tried by the tune part")
     p.add_argument("--overlap", type=float, default=cascade.DEFAULT_OVERLAP, help="used when the tune part is not run")
     p.add_argument("--jump", type=int, default=sample.DEFAULT_JUMP)
