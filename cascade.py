@@ -858,13 +858,13 @@ def generate_later(stages, names, x1, seconds, generator, knobs, task, text2=Non
     n2, n3 = round(seconds * 16000), round(seconds * 24000)
     bar = lambda i: progress and progress(names[i])
     if x1 is None and task.rate >= 16000:             # super-res alone
-        x2 = fit_tensor(fft_resample(task.audio, GIVEN_RATE, 16000), n2)[None, None]
+        x2 = fit_tensor(fft_resample(task.audio, GIVEN_RATE, 16000), n2)[None, None].to(third.device)
     elif second.spec.aligned:
         x2 = run_stage(second, knobs[names[1]], (x1.shape[0], 1, x1.shape[-1] * 160), generator,
                        progress=bar(1), given=_known_at(task, 16000, x1.shape[-1] * 160), aligned=x1)[..., :n2]
     else:
         if x1 is None:                                  # up-sampling: the clip at 3.2 kHz is the input
-            x1 = fft_resample(task.audio, GIVEN_RATE, 3200)[None, None]
+            x1 = fft_resample(task.audio, GIVEN_RATE, 3200)[None, None].to(second.device)
             x1 = x1.expand(text2["text"].shape[0], -1, -1)
         cond = fit_tensor(fft_resample(x1, 3200, 16000), n2)
         x2 = run_stage(second, knobs[names[1]], (x1.shape[0], 1, n2), generator, progress=bar(1),

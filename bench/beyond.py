@@ -138,15 +138,19 @@ def real_pairs(corpus, n, seconds):
 # ------------------------------------------------------------------------------------------------
 # Running the cascade
 
+DEVICE = torch.device("cpu")
+
+
 def load(pipeline, ckpt_dir):
     ns = argparse.Namespace(pipeline=pipeline, ckpt_dir=ckpt_dir)
-    return sample.load_models(ns, argparse.ArgumentParser(), torch.device("cpu"))
+    return sample.load_models(ns, argparse.ArgumentParser(), DEVICE)
 
 
 def run(models, pipeline, prompts, task, seconds, seed, knobs, keep=None):
     stages, enc = models
     with torch.no_grad():
-        return cascade.audio_generate(stages, enc, prompts, pipeline, seconds, seed, knobs, task, keep=keep).numpy()
+        out = cascade.audio_generate(stages, enc, prompts, pipeline, seconds, seed, knobs, task, DEVICE, keep=keep)
+    return out.float().numpy()
 
 
 def long_joins(total, window, overlap, prefix=0.0):
@@ -382,6 +386,7 @@ def parse(argv=None):
     p.add_argument("--jump", type=int, default=sample.DEFAULT_JUMP)
     p.add_argument("--resample", type=int, default=sample.DEFAULT_RESAMPLE)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (bfloat16 on cuda, as sample.py)")
     p.add_argument("--out", default="bench/results_beyond.md")
     sample.add_knob_flags(p)
     args = p.parse_args(argv)
@@ -395,6 +400,8 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     parts = args.parts.split(",")
     lines = ["# Audio in: long-form, continuation, inpainting, audio-to-audio, up-sampling", "",
              "Command: `OMP_NUM_THREADS=1 python bench/beyond.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`", ""]

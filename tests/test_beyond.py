@@ -1,0 +1,212 @@
+"""Audio in: known-region sampling (replacement, RePaint), SDEdit, and the cascade's audio-in modes."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import cascade
+import diffusion
+import sample
+import text
+import train
+from tests.helpers import write_tiny_t5, write_tone_manifest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Samplers, on a Gaussian whose posterior is known in closed form
+
+T, SCHEDULE = 16, "cosine"
+COV = torch.ones(T, T, dtype=torch.float64) + 1e-4 * torch.eye(T, dtype=torch.float64)   # x_0 ~ N(0, COV): nearly constant
+
+
+def gaussian_eps(x, t):
+    """The exact eps_hat for x_0 ~ N(0, COV): E[x_0 | x_t] = alpha COV (alpha^2 COV + sigma^2 I)^-1 x_t."""
+    alpha, sigma = diffusion.alpha_sigma(t[0].double(), SCHEDULE)
+    x0 = alpha * COV @ torch.linalg.solve(alpha ** 2 * COV + sigma ** 2 * torch.eye(T, dtype=torch.float64), x[:, 0].T)
+    return ((x[:, 0] - alpha * x0.T) / sigma)[:, None]
+
+
+def _known_half(jump, resample, steps=10, batch=256, gamma=0.0):
+    known = torch.full((1, 1, T), 0.7, dtype=torch.float64)
+    mask = (torch.arange(T) < T // 2)[None, None]
+    g = torch.Generator().manual_seed(1)
+    x_T = torch.randn(batch, 1, T, dtype=torch.float64, generator=g)
+    x = diffusion.known_region_sample(gaussian_eps, x_T, diffusion.step_schedule("uniform", steps), SCHEDULE, gamma,
+                                      known, mask, jump, resample, generator=g)
+    return x, known
+
+
+@pytest.mark.parametrize("jump,resample", [(0, 1), (2, 3)])
+def test_known_region_keeps_the_known_part_exactly(jump, resample):
+    x, known = _known_half(jump, resample, batch=4, gamma=1.0)
+    assert torch.equal(x[..., :T // 2], known.expand(4, 1, T)[..., :T // 2])
+    assert torch.isfinite(x).all() and not torch.equal(x[..., T // 2:], known.expand(4, 1, T)[..., T // 2:])
+
+
+def test_repaint_fits_the_known_part_better_than_replacement():
+    """The exact posterior of the unknown half is ~0.7 everywhere; plain replacement, which sees the
+    known half only through the noisy x_t, is pulled towards the prior's 0; RePaint's resampling is not."""
+    plain, _ = _known_half(0, 1)
+    repaint, _ = _known_half(1, 5)
+    bias = lambda x: float(x[..., T // 2:].mean() - 0.7)
+    assert bias(plain) < -0.04
+    assert abs(bias(repaint)) < 0.02
+
+
+def test_repaint_path():
+    assert diffusion.repaint_path(5) == [5, 4, 3, 2, 1, 0]
+    path = diffusion.repaint_path(10, jump=2, resample=3)
+    assert path[0] == 10 and path[-1] == 0
+    assert all(abs(a - b) == 1 for a, b in zip(path, path[1:]))
+    # every multiple of the jump below N - jump is left upwards twice: (r - 1) * j extra steps down each
+    assert sum(b < a for a, b in zip(path, path[1:])) == 10 + 4 * 2 * 2
+
+
+def test_sdedit_at_strength_one_is_plain_sampling_from_the_noised_input():
+    x_init = torch.randn(3, 1, T, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    deltas = diffusion.step_schedule("uniform", 8)
+    a = diffusion.sdedit_sample(gaussian_eps, x_init, 1.0, deltas, SCHEDULE, 1.0, torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    x_1 = diffusion.q_sample(x_init, torch.ones(3, dtype=torch.float64), torch.randn(x_init.shape, dtype=x_init.dtype, generator=g),
+                             SCHEDULE)
+    b = diffusion.sample(gaussian_eps, x_1, deltas, SCHEDULE, 1.0, generator=g)
+    assert torch.equal(a, b)
+
+
+def test_sdedit_keeps_more_of_the_input_at_low_strength():
+    """On the nearly-constant Gaussian, a constant input of 0.7 stays near 0.7 at low strength and
+    forgets it (back to the prior's N(0, 1) level) at strength 1."""
+    x_init = torch.full((256, 1, T), 0.7, dtype=torch.float64)
+    deltas = diffusion.step_schedule("uniform", 20)
+    out = {s: diffusion.sdedit_sample(gaussian_eps, x_init, s, deltas, SCHEDULE, 0.0, torch.Generator().manual_seed(0))
+           for s in (0.2, 1.0)}
+    err = {s: float((x - 0.7).abs().mean()) for s, x in out.items()}
+    assert err[0.2] < 0.15 and err[1.0] > 0.4, err
+    assert diffusion.truncated_times(deltas, 0.2)[-1] == 0.2 and len(diffusion.truncated_times(deltas, 0.2)) == 5
+
+
+# ------------------------------------------------------------------------------------------------
+# The cascade's audio-in modes, on checkpoints trained for one step
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("beyond")
+    manifest, t5 = write_tone_manifest(str(folder)), write_tiny_t5(str(folder / "t5"))
+    for stage in cascade.STAGES:
+        cfg = train.TrainConfig(stage=stage, data=manifest, out=str(folder / "run"), steps=1, batch_size=1,
+                                workers=0, t5=t5, eval_every=0, device="cpu")
+        train.train_stage(cfg, stage)
+    train.export_inference(str(folder / "run"), str(folder / "ckpt"))
+    stages = {s: cascade.StageModel(str(folder / "ckpt" / f"{s}.pt")) for s in cascade.STAGES}
+    for s in ("wave-generator", "spec-generator"):       # 1 s generator windows, to keep the tests fast
+        stages[s].spec = dataclasses.replace(stages[s].spec, clip_seconds=1.0)
+    return stages, text.load_t5(stages["wave-generator"].t5)
+
+
+KNOBS = {s: cascade.Sampling(steps=2) for s in cascade.STAGES}
+
+
+def _clip(seconds=1.5):
+    t = torch.arange(int(seconds * cascade.GIVEN_RATE), dtype=torch.float64) / cascade.GIVEN_RATE
+    return (0.2 * torch.sin(2 * np.pi * 330 * t) * torch.sin(2 * np.pi * 1.5 * t)).float()
+
+
+def _generate(models, pipeline, task, seconds=0.0, prompts=("a slow piano tune", "fast drums")):
+    return cascade.audio_generate(models[0], models[1], list(prompts), pipeline, seconds, 0, KNOBS, task)
+
+
+@pytest.mark.parametrize("pipeline", ["wave", "spec"])
+def test_continuation_starts_with_the_given_audio(models, pipeline):
+    clip = _clip()
+    out = _generate(models, pipeline, cascade.AudioTask("continue", clip, overlap=0.5), seconds=2.6)
+    assert out.shape == (2, round(2.6 * 24000)) and torch.isfinite(out).all()
+    assert torch.equal(out[:, :len(clip)], clip.expand(2, -1))
+
+
+def test_inpainting_keeps_everything_outside_the_region(models):
+    clip = _clip(2.0)
+    out = _generate(models, "wave", cascade.AudioTask("inpaint", clip, region=(0.5, 1.25), jump=1, resample=2))
+    a, b = round(0.5 * 24000), round(1.25 * 24000)
+    assert out.shape == (2, len(clip))
+    assert torch.equal(out[:, :a], clip[:a].expand(2, -1)) and torch.equal(out[:, b:], clip[b:].expand(2, -1))
+    assert not torch.allclose(out[:, a:b], clip[a:b].expand(2, -1), atol=1e-3)
+
+
+def test_long_form_windows_join_on_their_known_part(models, monkeypatch):
+    """Each generator window's first `overlap` samples are the previous window's last ones."""
+    gen = models[0]["wave-generator"]
+    seen = []
+    run = cascade.run_stage
+
+    def spy(stage, knobs, shape, generator, given=None, **kw):
+        x = run(stage, knobs, shape, generator, given=given, **kw)
+        if stage is gen:
+            seen.append((x, given))
+        return x
+    monkeypatch.setattr(cascade, "run_stage", spy)
+    out = _generate(models, "wave", cascade.AudioTask("long", overlap=0.25), seconds=2.5)
+    assert out.shape == (2, 60000) and torch.isfinite(out).all()
+    assert len(seen) == 3 and seen[0][1] is None                         # windows [0, 1), [0.75, 1.75), [1.5, 2.5)
+    for (prev, _), (x, given) in zip(seen, seen[1:]):
+        assert int(given.mask.sum()) == 800                               # 0.25 s at 3.2 kHz
+        assert torch.equal(x[..., :800], prev[..., -800:])
+
+
+def test_sdedit_and_upsample_give_the_clip_length(models):
+    clip = _clip()
+    for task in (cascade.AudioTask("init", clip, strength=0.5), cascade.AudioTask("upsample", clip, 8000),
+                 cascade.AudioTask("upsample", clip, 16000)):
+        out = _generate(models, "wave", task)
+        assert out.shape == (2, len(clip)) and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: one line on stderr and exit status 2, before any model is loaded
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("audio_in")
+    t = np.arange(22050 * 2) / 22050
+    sf.write(folder / "ok.flac", np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 110 * t)], 1) * 0.2, 22050)
+    sf.write(folder / "short.wav", 0.2 * np.sin(2 * np.pi * 220 * t[:2000]), 22050)
+    (folder / "junk.wav").write_bytes(b"not audio at all" * 10)
+    return folder
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--init", "{d}/junk.wav"], "not readable"),
+    (["--upsample", "{d}/short.wav"], "too short"),
+    (["--inpaint", "{d}/ok.flac", "--region", "1.5:2.5"], "outside the clip"),
+    (["--inpaint", "{d}/ok.flac", "--region", "abc"], "START:END"),
+    (["--inpaint", "{d}/ok.flac"], "needs --region"),
+    (["--region", "0:1"], "goes with --inpaint"),
+    (["--init", "{d}/ok.flac", "--strength", "0"], "(0, 1]"),
+    (["--init", "{d}/ok.flac", "--continue", "{d}/ok.flac"], "at most one"),
+    (["--continue", "{d}/ok.flac", "--seconds", "1"], "longer than"),
+])
+def test_bad_audio_input_is_one_line_and_exit_2(files, capsys, args, words):
+    with pytest.raises(SystemExit) as e:
+        sample.parse_args(["a tune", *[a.format(d=files) for a in args]])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0]
+
+
+def test_a_good_file_is_read_mixed_down_and_resampled(files):
+    args, _ = sample.parse_args(["a tune", "--inpaint", str(files / "ok.flac"), "--region", "0.5:1"])
+    assert args.task.mode == "inpaint" and args.task.region == (0.5, 1.0) and args.task.rate == 22050
+    assert args.task.audio.shape == (48000,)                     # 2 s at 24 kHz, one channel
+
+
+def test_missing_file_from_the_command_line(files):
+    r = subprocess.run([sys.executable, "sample.py", "a tune", "--continue", str(files / "missing.wav"),
+                        "--ckpt-dir", "/nonexistent"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "missing" in lines[0] and "Traceback" not in r.stderr
