@@ -682,7 +682,7 @@ def _stopwatch(timings):
 # replacement. The final 24 kHz output equals the given audio exactly on its known part.
 
 GIVEN_RATE = 24000       # the given clip is held at the output rate
-DEFAULT_OVERLAP = 1.0    # seconds of each long-form window that are the previous audio
+DEFAULT_OVERLAP = 2.0    # seconds of each long-form window that are the previous audio (bench/beyond.py's choice)
 MODES = ("long", "continue", "inpaint", "init", "upsample")
 
 

@@ -81,7 +81,10 @@ def add_audio_flags(p):
 
 
 DEFAULT_STRENGTH = 0.6
-DEFAULT_JUMP, DEFAULT_RESAMPLE = 2, 3
+# Plain replacement by default: on the tuning seeds of bench/beyond.py, long-form windows joined most
+# smoothly with a 2 s overlap and replacement (bench/results_beyond.md); RePaint is --repaint-jump 2
+# --repaint-resample 3 (three times the generator's steps).
+DEFAULT_JUMP, DEFAULT_RESAMPLE = 0, 1
 MIN_AUDIO_SECONDS = 0.5
 AUDIO_FLAGS = {"continue_": "--continue", "inpaint": "--inpaint", "init": "--init", "upsample": "--upsample"}
 

@@ -42,6 +42,7 @@ import toy_corpus  # noqa: E402
 
 RATE = 24000
 WINDOW = 4.0            # seconds of each scored window (the toy clips' length)
+REPAINT = (2, 3)        # RePaint's (jump, r) where the tuned setting is plain replacement
 TUNE_SEED = 1000        # settings are chosen on seeds from here; results are reported on seeds from 0
 
 
@@ -195,7 +196,8 @@ def part_tune(args, models, lines):
     """Choose the overlap and the RePaint setting on the tuning seeds, by the seam of long-form audio."""
     seconds = args.tune_seconds
     prompts = [p for pair in adherence.prompt_pairs(args.tune_prompts)["tempo"] for p in pair][:args.tune_prompts]
-    lines += [f"## Settings chosen (seeds from {TUNE_SEED}, {len(prompts)} prompts, {seconds:g} s long-form)", ""] + SEAM_HEADER
+    lines += [f"## Settings chosen (seeds from {TUNE_SEED}, {len(prompts)} prompts, {seconds:g} s long-form)", "",
+              SEAM_HEADER[0] + " median ratio, joins / inside | wall s |", SEAM_HEADER[1] + "---|---|"]
     best = None
     for overlap, jump, resample in args.candidates:
         t0 = time.perf_counter()
@@ -208,7 +210,7 @@ def part_tune(args, models, lines):
             at, inside = at + a, inside + b
         score = np.median(at) / np.median(inside)
         name = f"overlap {overlap:g} s, jump {jump}, r {resample}"
-        lines.append(seam_row(name, at, inside) + f" median ratio {score:.2f}, {time.perf_counter() - t0:.0f} s")
+        lines.append(seam_row(name, at, inside) + f" {score:.2f} | {time.perf_counter() - t0:.0f} |")
         print(lines[-1], flush=True)
         if best is None or score < best[0]:
             best = (score, overlap, jump, resample)
@@ -259,8 +261,7 @@ def part_known(args, models, lines, mode):
     # clips rendered 0.5 s longer and cut, so that a continued clip does not end in the corpus's 20 ms fade-out
     pairs = {k: [tuple((c[:int(WINDOW * RATE)], a) for c, a in pair) for pair in v]
              for k, v in real_pairs(corpus, args.pairs, WINDOW + 0.5).items()}
-    jump, resample = (args.jump, args.resample) if args.jump and args.resample > 1 else \
-        (sample.DEFAULT_JUMP, sample.DEFAULT_RESAMPLE)                          # RePaint even where tune chose none
+    jump, resample = (args.jump, args.resample) if args.jump and args.resample > 1 else REPAINT   # RePaint even where tune chose none
     methods = [("replacement", 0, 1), (f"RePaint j={jump} r={resample}", jump, resample)]
     lines += [f"## {'Continuation' if mode == 'continue' else 'Inpainting'} of real toy-corpus clips ({args.pipeline} pipeline, "
               f"{args.pairs} pairs per kind)", ""]
