@@ -10,7 +10,10 @@ What lives here, in the paper's notation (x_t = alpha_t x + sigma_t eps, t in [0
   written with the variances of eq. 3 as in Saharia et al., 2022), and, as a separate extra,
   deterministic DDIM (Song et al., 2021);
 - classifier-free guidance (Ho & Salimans, 2022) in the paper's form, followed by Imagen's dynamic
-  thresholding (Saharia et al., 2022) of the implied x_0.
+  thresholding (Saharia et al., 2022) of the implied x_0;
+- not in the paper, for audio in (cascade.py's note on it): eq. 4 with part of x_0 known, by
+  replacement with RePaint's resampling (Lugmayr et al., 2022), and SDEdit (Meng et al., 2022),
+  eq. 4 started at t = strength from the given x_0 noised.
 
 Samplers are pure functions of an `eps_fn(x_t, t) -> eps_hat` callable, with t a (B,) float tensor
 in [0, 1]: they know nothing of the model, its conditioning, or its device beyond x_T's.

@@ -4,6 +4,9 @@
     python sample.py "fast drums and bass" --pipeline spec --seed 3 --out bass.wav
     python sample.py --prompts prompts.txt --out-dir outs/          # 000.wav, 001.wav, ...
     python sample.py "slow organ chorale" --save-stages --cascader-steps 80 --wave-generator-w 5
+    python sample.py "fast flute melody" --seconds 30 --pipeline spec      # past the training length
+    python sample.py "slow bass line" --continue mine.wav --seconds 12      # also --inpaint F --region A:B,
+                                                                            # --init F --strength S, --upsample F
 
 Defaults follow Table 3 (step schedule, gamma, CFG scale w per stage) with the step counts of the
 checkpoint's scale (Table 7's lengths at full scale, fewer for the toy models); the sampler is
