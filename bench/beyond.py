@@ -220,8 +220,9 @@ def part_tune(args, models, lines):
 
 
 def part_long(args, models, lines):
-    pairs = adherence.prompt_pairs(args.long_pairs)
-    prompts = [p for kind in adherence.KINDS for pair in pairs[kind] for p in pair]
+    kinds = args.long_kinds.split(",")
+    pairs = {k: v for k, v in adherence.prompt_pairs(args.long_pairs).items() if k in kinds}
+    prompts = [p for kind in kinds for pair in pairs[kind] for p in pair]
     task = cascade.AudioTask("long", overlap=args.overlap, jump=args.jump, resample=args.resample)
     waves, t0 = [], time.perf_counter()
     for i, p in enumerate(prompts):
@@ -229,13 +230,14 @@ def part_long(args, models, lines):
         print(f"  long: {i + 1}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
     per_second = (time.perf_counter() - t0) / (args.long_seconds * len(prompts))
     n_win = int(args.long_seconds // WINDOW)
-    lines += [f"## Long-form: {args.long_seconds:g} s, {args.pipeline} pipeline, {args.long_pairs} prompt pairs per kind, "
+    lines += [f"## Long-form: {args.long_seconds:g} s, {args.pipeline} pipeline{' (generator only)' if FIRST_ONLY else ''}, "
+              f"{args.long_pairs} prompt pairs per kind, "
               f"overlap {args.overlap:g} s, jump {args.jump}, r {args.resample}", "",
               f"Pairs ordered right in each {WINDOW:g} s window of the long clips ({n_win} windows per clip):", "",
               "| kind | " + " | ".join(f"{k * WINDOW:g}-{(k + 1) * WINDOW:g} s" for k in range(n_win)) + " | all windows |",
               "|---" * (n_win + 2) + "|"]
     i = 0
-    for kind in adherence.KINDS:
+    for kind in kinds:
         ok = np.zeros((len(pairs[kind]), n_win), dtype=bool)
         for j in range(len(pairs[kind])):
             hi, lo = waves[i], waves[i + 1]
@@ -399,6 +401,7 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--long-seconds", type=float, default=30.0)
     p.add_argument("--long-pairs", type=int, default=20, help="prompt pairs per kind for long-form")
+    p.add_argument("--long-kinds", default="tempo,register,drums", help="the kinds of prompt pairs for long-form")
     p.add_argument("--pairs", type=int, default=20, help="real clip pairs per kind for continuation and inpainting")
     p.add_argument("--continue-seconds", type=float, default=4.0, help="seconds generated after the given clip")
     p.add_argument("--region", default="1:3", help="inpainting: the seconds regenerated in a 4 s clip")
