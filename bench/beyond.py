@@ -309,6 +309,14 @@ def part_known(args, models, lines, mode):
     lines += ["", "Seam:", ""] + SEAM_HEADER + seams + [""]
 
 
+def heard(clip):
+    """A real clip as the scored outputs are heard: itself, or with --first-stage its log-mel through Griffin-Lim."""
+    if not FIRST_ONLY:
+        return clip
+    mel = data.log_mel(torch.from_numpy(clip).double(), RATE).float()[None]
+    return data.fft_resample(data.griffin_lim(mel).double(), data.MEL_SAMPLE_RATE, RATE)[0].float().numpy()
+
+
 def thresholds(corpus, n):
     """{kind: threshold}: the geometric mean of the medians of n real clips of each word."""
     out = {}
@@ -319,7 +327,7 @@ def thresholds(corpus, n):
             for i in range(n):
                 base = dict(tempo=("slow", "fast")[i % 2], instrument=("flute", "bass")[i // 2 % 2], drums=bool(i // 4 % 2))
                 clip, _ = corpus.clip(WINDOW, **{**base, key: v})
-                vals.append(measure(kind, clip))
+                vals.append(measure(kind, heard(clip)))
             meds.append(np.median(vals))
         out[kind] = float(np.sqrt(max(meds[0], 1e-6) * max(meds[1], 1e-6)))
     return out
@@ -337,11 +345,12 @@ def part_init(args, models, lines):
             "drums": {True: False, False: True}}
     lines += [f"## Audio-to-audio (SDEdit at the generator, {args.pipeline} pipeline): {args.a2a_clips} real clips, "
               "each with three prompts that change one attribute", "",
-              "Thresholds (geometric mean of the medians of 6 real clips per word): "
+              "Thresholds (geometric mean of the medians of 6 real clips per word" + (", heard through their log-mel and "
+              "Griffin-Lim like the outputs" if FIRST_ONLY else "") + "): "
               + ", ".join(f"{k} {v:.3g}" for k, v in cut.items()), "",
               "| strength | " + " | ".join(f"{k}: took / kept others / both" for k in KIND_ATTR) + " | all: both |",
               "|---" * (len(KIND_ATTR) + 2) + "|"]
-    given_cls = [classify(c) for c, _ in clips]
+    given_cls = [classify(heard(c)) for c, _ in clips]
     for s in args.strengths:
         took, kept, both = {k: [] for k in KIND_ATTR}, {k: [] for k in KIND_ATTR}, {k: [] for k in KIND_ATTR}
         for i, (clip, attrs) in enumerate(clips):
