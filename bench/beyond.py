@@ -170,9 +170,12 @@ def first_stage(stages, enc, pipeline, prompts, task, seconds, seed, knobs):
     text = dict(text=emb, text_mask=mask, unconditional=torch.zeros(len(prompts), dtype=torch.bool))
     x1 = cascade.generate_first(stages, names, text, task, seconds, len(prompts), torch.Generator().manual_seed(seed),
                                 knobs[names[0]]).float().cpu()                          # (B, C, n)
-    if task.known_seconds():
+    intervals = task.known_seconds()
+    if task.mode == "continue":          # the generator regenerates the clip's last frames (cascade.EDGE_SECONDS)
+        intervals = [(0.0, task.seconds - cascade.EDGE_SECONDS)]
+    if intervals:
         given = cascade.fit_tensor(cascade.at_stage(spec, task.audio)[None], x1.shape[-1])
-        known = cascade.known_mask(task.known_seconds(), spec.frame_rate, x1.shape[-1]).expand_as(x1)
+        known = cascade.known_mask(intervals, spec.frame_rate, x1.shape[-1]).expand_as(x1)
         KNOWN_ERR[0] = max(KNOWN_ERR[0], float((x1 - given)[known].abs().max()))
     audio, rate = (data.griffin_lim(x1), data.MEL_SAMPLE_RATE) if spec.output == "spec" else (x1[:, 0], spec.sample_rate)
     return data.fft_resample(audio.double(), rate, RATE).float().numpy()
