@@ -1,4 +1,5 @@
 """sample.py end to end on checkpoints trained for one step: outputs, determinism, batching, errors."""
+import math
 import os
 import subprocess
 import sys
@@ -6,8 +7,13 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 import cascade
+import data
+import diffusion
+import sample
+import text
 import train
 from tests.helpers import write_tiny_t5, write_tone_manifest
 
@@ -75,7 +81,6 @@ def test_a_schedule_file_that_is_not_numbers_exits_2(tmp_path):
 
 def test_table7_evaluation_schedule_is_accepted():
     """sample.py takes diffusion's fourth schedule name, Table 7's evaluation list of the spec-generator."""
-    import sample
     args, _ = sample.parse_args(["x", "--spec-generator-schedule", "back-heavy-eval", "--spec-generator-steps", "50"])
     deltas, *_ = cascade.resolve_sampling(cascade.stage_spec("spec-generator"), args.knobs["spec-generator"])
     assert len(deltas) == 50 and abs(sum(deltas) - 1) < 1e-9
@@ -95,7 +100,6 @@ def test_conditioning_noise_knob_changes_the_output(ckpts, tmp_path):
 
 def test_a_checkpoint_samples_with_the_schedule_it_was_trained_with(ckpts, tmp_path):
     """A checkpoint trained before the toy schedules were shifted keeps its own (unshifted) one."""
-    import torch
     path = os.path.join(ckpts, "cascader.pt")
     assert cascade.StageModel(path).spec.schedule == cascade.stage_spec("cascader").schedule == "linear+3.219"
     ckpt = torch.load(path, weights_only=True)
@@ -107,7 +111,6 @@ def test_a_checkpoint_samples_with_the_schedule_it_was_trained_with(ckpts, tmp_p
 
 def test_spectrogram_generator_samples_without_dynamic_clipping():
     """Its default percentile is 0 (none: cascade.py says why); the other stages keep 0.995."""
-    import diffusion
     for scale in ("toy", "full"):
         assert cascade.resolve_sampling(cascade.stage_spec("spec-generator", scale), cascade.Sampling())[3] is None
         for stage in ("wave-generator", "cascader", "vocoder", "super-res"):
@@ -118,8 +121,6 @@ def test_spectrogram_generator_samples_without_dynamic_clipping():
 
 def test_an_unclipped_generator_is_not_clipped(ckpts, monkeypatch):
     """run_stage applies the stage's default percentile: with clip 0 the estimate goes unclipped."""
-    import torch
-    import diffusion
     stage = cascade.StageModel(os.path.join(ckpts, "spec-generator.pt"))
     calls, original = [], diffusion.dynamic_clip
     monkeypatch.setattr(diffusion, "dynamic_clip", lambda x0, p: (calls.append(p), original(x0, p))[1])
@@ -132,8 +133,6 @@ def test_an_unclipped_generator_is_not_clipped(ckpts, monkeypatch):
 
 def test_keep_input_band_takes_the_low_band_from_the_input():
     """Below the input's Nyquist frequency the output is the input's spectrum, above it the stage's own."""
-    import torch
-    import data
     gen = torch.Generator().manual_seed(0)
     out = torch.randn(2, 1, 2400, generator=gen)
     cond = data.fft_resample(torch.randn(2, 1, 1600, generator=gen), 16000, 24000)
@@ -147,8 +146,6 @@ def test_keep_input_band_takes_the_low_band_from_the_input():
 def test_super_res_keeps_its_input_band_by_default(ckpts):
     """The super-res stage's default (cascade.py says why); --super-res-keep-band 0 turns it off; the
     cascader's default is off."""
-    import torch
-    import data
     assert cascade.stage_spec("super-res").keep_band and cascade.stage_spec("super-res", "full").keep_band
     assert not cascade.stage_spec("cascader").keep_band
     stage = cascade.StageModel(os.path.join(ckpts, "super-res.pt"))
@@ -163,7 +160,6 @@ def test_super_res_keeps_its_input_band_by_default(ckpts):
 
 def test_keep_band_flag(capsys):
     """--STAGE-keep-band exists for the two cascaders only and takes 0 or 1."""
-    import sample
     args, _ = sample.parse_args(["x", "--super-res-keep-band", "0", "--cascader-keep-band", "1"])
     assert args.knobs["super-res"].keep_band == 0 and args.knobs["cascader"].keep_band == 1
     assert args.knobs["vocoder"].keep_band is None
@@ -177,9 +173,6 @@ def test_keep_band_flag(capsys):
 def test_toy_spectrogram_generator_guides_less_than_table3(ckpts, monkeypatch):
     """Sampled at its defaults, the toy spectrogram generator guides with a smaller w than Table 3's
     (the full preset's); the wave generator and cascader guide at Table 3's w at both scales."""
-    import torch
-    import diffusion
-    import text
     used = []
     real = diffusion.guided_eps_fn
     monkeypatch.setattr(diffusion, "guided_eps_fn", lambda eps, w, *a, **kw: used.append(w) or real(eps, w, *a, **kw))
@@ -196,7 +189,6 @@ def test_toy_spectrogram_generator_guides_less_than_table3(ckpts, monkeypatch):
 
 def test_project_flag(capsys):
     """--vocoder-project exists for the vocoder only and takes a time in [0, 1]."""
-    import sample
     args, _ = sample.parse_args(["x", "--vocoder-project", "0.5"])
     assert args.knobs["vocoder"].project == 0.5 and args.knobs["super-res"].project is None
     for bad, message in ((["--vocoder-project", "1.5"], "--vocoder-project must be in [0, 1]"),
@@ -209,8 +201,6 @@ def test_project_flag(capsys):
 def test_vocoder_mel_projection(ckpts):
     """Projected at every step, even the one-step-trained vocoder's output has its log-mel's
     magnitude (mel error a fraction of the unprojected one's); the toy default projects, full does not."""
-    import torch
-    import data
     assert cascade.stage_spec("vocoder", "full").project == 1.0 and cascade.stage_spec("vocoder").project < 1
     assert all(cascade.stage_spec(s, scale).project == 1.0 for s in cascade.STAGES if s != "vocoder"
                for scale in ("toy", "full"))
@@ -228,9 +218,6 @@ def test_vocoder_mel_projection(ckpts):
 def test_mel_projection_limits_the_peak():
     """Projected onto a log-mel louder than full scale, a clip is scaled down to the peak limit;
     a quiet one is left as project_to_mel makes it."""
-    import math
-    import torch
-    import data
     t = torch.arange(8000) / 16000
     tone = torch.sin(2 * math.pi * 440 * t)[None, None]
     x0 = torch.cat([0.1 * tone, 0.1 * tone])
