@@ -24,7 +24,6 @@ import dataclasses
 import os
 import queue
 import shutil
-import sys
 import tempfile
 import threading
 import time

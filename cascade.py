@@ -766,15 +766,6 @@ def fit_tensor(x, length):
     return x[..., :length] if x.shape[-1] >= length else torch.nn.functional.pad(x, (0, length - x.shape[-1]))
 
 
-def encode_prompts(text_encoder, prompts, spec, device):
-    """(T5 hidden (B, L, D), mask (B, L)) of the prompts, at the stage's token length."""
-    tokenizer, encoder = text_encoder
-    ids, mask = tokenizer(list(prompts), spec.token_len)
-    with torch.no_grad():
-        emb = encoder(ids.to(encoder.embed.weight.device), mask.to(encoder.embed.weight.device))
-    return emb.float().to(device), mask.to(device)
-
-
 def generate_windows(stage, knobs, batch, total, generator, prefix=None, overlap=DEFAULT_OVERLAP, jump=0,
                      resample=1, progress=None, **text):
     """The generator's output over `total` samples (frames), in windows of its training length.

@@ -732,7 +732,7 @@ def _prepare_command(args):
     except (store.data.ManifestError, store.data.StoreError) as e:   # run as a script, this file is not
         raise StoreError(str(e)) from None                           # the `data` module store.py imports
     except KeyboardInterrupt:
-        sys.exit(f"data.py prepare: interrupted; the same command resumes from the last finished shard")
+        sys.exit("data.py prepare: interrupted; the same command resumes from the last finished shard")
     minutes = (time.time() - start) / 60
     print(f"{args.out}: {summary['tracks']} tracks ({summary['hours']:.2f} h) at {summary['rates']} Hz, "
           f"{summary['skipped']} files skipped; {minutes:.1f} min this run")

@@ -1,4 +1,5 @@
-"""Small things several tests build: a manifest of synthetic tones and a tiny random T5 directory."""
+"""Small things several tests build: a manifest of synthetic tones, a tiny random T5 directory, and a
+whole cascade trained for one step."""
 import json
 import os
 
@@ -7,7 +8,9 @@ import sentencepiece as spm
 import soundfile as sf
 import torch
 
+import cascade
 import text
+import train
 
 CAPTIONS = ["a slow piano tune in a major key", "fast drums and bass", "a gentle flute melody",
             "an organ chorale, solo", "lo-fi guitar ballad", "a minor folk reel on the guitar"]
@@ -38,3 +41,16 @@ def write_tiny_t5(folder, d_model=32):
                            feed_forward_proj="gated-gelu")
     text.save_t5(folder, prefix + ".model", text.T5Encoder(config))
     return folder
+
+
+def train_tiny_cascade(folder):
+    """Every stage trained for one step on tones with a tiny T5, exported as inference checkpoints;
+    returns the checkpoint folder (folder/ckpt)."""
+    folder = str(folder)
+    manifest, t5 = write_tone_manifest(folder), write_tiny_t5(os.path.join(folder, "t5"))
+    for stage in cascade.STAGES:
+        cfg = train.TrainConfig(stage=stage, data=manifest, out=os.path.join(folder, "run"), steps=1, batch_size=1,
+                                workers=0, t5=t5, eval_every=0, device="cpu")
+        train.train_stage(cfg, stage)
+    train.export_inference(os.path.join(folder, "run"), os.path.join(folder, "ckpt"))
+    return os.path.join(folder, "ckpt")

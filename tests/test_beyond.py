@@ -13,8 +13,7 @@ import cascade
 import diffusion
 import sample
 import text
-import train
-from tests.helpers import write_tiny_t5, write_tone_manifest
+from tests.helpers import train_tiny_cascade
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,14 +105,8 @@ def test_sdedit_keeps_more_of_the_input_at_low_strength():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("beyond")
-    manifest, t5 = write_tone_manifest(str(folder)), write_tiny_t5(str(folder / "t5"))
-    for stage in cascade.STAGES:
-        cfg = train.TrainConfig(stage=stage, data=manifest, out=str(folder / "run"), steps=1, batch_size=1,
-                                workers=0, t5=t5, eval_every=0, device="cpu")
-        train.train_stage(cfg, stage)
-    train.export_inference(str(folder / "run"), str(folder / "ckpt"))
-    stages = {s: cascade.StageModel(str(folder / "ckpt" / f"{s}.pt")) for s in cascade.STAGES}
+    ckpt = train_tiny_cascade(tmp_path_factory.mktemp("beyond"))
+    stages = {s: cascade.StageModel(os.path.join(ckpt, f"{s}.pt")) for s in cascade.STAGES}
     for s in ("wave-generator", "spec-generator"):       # 0.5 s generator windows, to keep the tests fast
         stages[s].spec = dataclasses.replace(stages[s].spec, clip_seconds=0.5)
     return stages, text.load_t5(stages["wave-generator"].t5)

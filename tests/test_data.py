@@ -424,7 +424,6 @@ def test_measurements_on_closed_form_signals():
     clicks = np.zeros(2 * sr)
     clicks[::sr // 4] = 1.0  # 4 clicks per second
     assert abs(audio_measures.onset_rate(clicks, sr) - 4.0) <= 0.5
-    noise = np.random.default_rng(0).standard_normal(sr)
     sine = np.sin(2 * np.pi * 440 * t[:sr])
     assert audio_measures.percussive_ratio(sine, sr) < 0.05 < audio_measures.percussive_ratio(clicks, sr)
 

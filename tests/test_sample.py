@@ -14,8 +14,7 @@ import data
 import diffusion
 import sample
 import text
-import train
-from tests.helpers import write_tiny_t5, write_tone_manifest
+from tests.helpers import train_tiny_cascade
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [f"--{s}-steps=2" for s in cascade.STAGES]
@@ -23,14 +22,7 @@ FAST = [f"--{s}-steps=2" for s in cascade.STAGES]
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cascade")
-    manifest, t5 = write_tone_manifest(str(folder)), write_tiny_t5(str(folder / "t5"))
-    for stage in cascade.STAGES:
-        cfg = train.TrainConfig(stage=stage, data=manifest, out=str(folder / "run"), steps=1, batch_size=1,
-                                workers=0, t5=t5, eval_every=0, device="cpu")
-        train.train_stage(cfg, stage)
-    train.export_inference(str(folder / "run"), str(folder / "ckpt"))
-    return str(folder / "ckpt")
+    return train_tiny_cascade(tmp_path_factory.mktemp("cascade"))
 
 
 def _run(*args):

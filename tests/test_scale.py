@@ -15,7 +15,7 @@ import cascade
 import data
 import store
 import train
-from tests.helpers import write_tone_manifest, write_tiny_t5
+from tests.helpers import write_tone_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
