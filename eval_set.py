@@ -216,9 +216,9 @@ def generate_second(models, text_encoder, prompts, pipeline, seconds, knobs, fir
     return Outputs(torch.cat(xs), [], time.perf_counter() - t0)
 
 
-def default_knobs(steps=0):
-    """{stage: cascade.Sampling}: Table 3's defaults; `steps` > 0 overrides every stage's step count."""
-    return {s: cascade.Sampling(steps=steps or None) for s in cascade.STAGES}
+def default_knobs(steps=None):
+    """{stage: cascade.Sampling}: Table 3's defaults; `steps`, where given, overrides every stage's step count."""
+    return {s: cascade.Sampling(steps=steps) for s in cascade.STAGES}
 
 
 # ----------------------------------------------------------------------------------------------

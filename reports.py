@@ -48,8 +48,8 @@ class ResultsConfig:
     mulan: str = field(default="", metadata={"help": "MuLan model (default: CKPT_DIR/mulan.pt)"})
     n: int = field(default=40, metadata={"help": "held-out prompts, one generated clip each per system"})
     refs: int = field(default=3, metadata={"help": "ground-truth clips per prompt in the FAD reference set"})
-    seconds: float = field(default=0.0, metadata={"help": "generated length in s (0: the checkpoints' clip length)"})
-    steps: int = field(default=0, metadata={"help": "steps of every stage (0: each stage's default)"})
+    seconds: float = field(default=None, metadata={"help": "generated length in s (default: the checkpoints' clip length)"})
+    steps: int = field(default=None, metadata={"help": "steps of every stage (default: each stage's preset)"})
     batch: int = field(default=8, metadata={"help": "prompts generated together"})
     seed: int = field(default=0, metadata={"help": "seed of the prompt draw and the noise"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
@@ -63,8 +63,10 @@ SYSTEMS = (("Noise2Music Waveform", "wave", False), ("Noise2Music Spectrogram", 
 
 def check_config(cfg):
     """Flags argparse cannot check, and the files they name; fills the MuLan default."""
-    if cfg.n < 2 or cfg.refs < 2 or cfg.batch < 1 or cfg.threads < 1 or cfg.steps < 0 or not 0 <= cfg.seconds < float("inf"):
-        raise UsageError("need --n >= 2, --refs >= 2, --batch >= 1, --threads >= 1, --steps >= 0, --seconds >= 0")
+    bad_steps = cfg.steps is not None and cfg.steps < 1
+    bad_seconds = cfg.seconds is not None and not 0 < cfg.seconds < float("inf")
+    if cfg.n < 2 or cfg.refs < 2 or cfg.batch < 1 or cfg.threads < 1 or bad_steps or bad_seconds:
+        raise UsageError("need --n >= 2, --refs >= 2, --batch >= 1, --threads >= 1, --steps >= 1, 0 < --seconds < inf")
     cfg.mulan = cfg.mulan or os.path.join(cfg.ckpt_dir, "mulan.pt")
     for path in (os.path.join(cfg.corpus, "manifest.jsonl"), os.path.join(cfg.corpus, HELDOUT_CAPTIONS), cfg.mulan):
         if not os.path.isfile(path):

@@ -312,7 +312,7 @@ def test_bad_usage_exits_2_with_one_line(args, capsys):
 def test_the_command_line_itself_exits_2_without_a_traceback():
     r = _run("results", "--n", "1")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "evaluate.py results: error: need --n >= 2, --refs >= 2, --batch >= 1, --threads >= 1, --steps >= 0, --seconds >= 0"]
+        "evaluate.py results: error: need --n >= 2, --refs >= 2, --batch >= 1, --threads >= 1, --steps >= 1, 0 < --seconds < inf"]
 
 
 def test_help_of_each_command(capsys):
