@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 import cascade
+import checks
 import data
 import plots
 import sample
@@ -96,10 +97,11 @@ def read_request(prompt, pipeline, seed, seconds, ckpt_dir, knob_texts=None):
         seed = int(seed)
     except (TypeError, ValueError, OverflowError):
         raise PageError("seed must be a whole number and seconds a number") from None
-    if not (0 < seconds <= sample.MAX_SECONDS):        # also refuses NaN
-        raise PageError(f"seconds must be in (0, {sample.MAX_SECONDS:g}]")
-    if not 0 <= seed < 2 ** 63:
-        raise PageError("seed must be in [0, 2^63)")
+    try:
+        checks.check_number("seconds", seconds, sample.MIN_SECONDS, sample.MAX_SECONDS)   # also refuses NaN
+        checks.check_seed("seed", seed)
+    except checks.InputError as e:
+        raise PageError(str(e)) from None
     if not os.path.isdir(ckpt_dir or ""):
         raise PageError(f"no checkpoint folder {ckpt_dir!r}")
     argv = [f"{flag}={text.strip()}" for flag, text in (knob_texts or {}).items() if text and text.strip()]
@@ -347,7 +349,11 @@ def main(argv=None):
         import gradio  # noqa: F401
     except ImportError:
         p.error("the page needs Gradio: pip install -r requirements-app.txt")
-    studio = Studio(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = checks.resolve_device(args.device)
+    except checks.InputError as e:
+        p.error(str(e))
+    studio = Studio(device)
     page = build_page(studio, args.ckpt_dir)
     try:
         page.queue().launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=True,

@@ -168,6 +168,8 @@ def analyze(path, block_seconds=ANALYZE_BLOCK_SECONDS):
         for block in f.blocks(blocksize=max(1, int(block_seconds * rate)), dtype="float32", always_2d=True):
             wave = block.mean(axis=1)
             total += len(wave)
+            if total > len(wave) and len(wave) < rate:      # a tail under 1 s after whole blocks: too short to
+                continue                                    # measure alone, counted in the duration
             onsets += onset_rate(wave, rate) * len(wave) / rate
             pitches.append(median_pitch(wave, rate))
             e = float(np.square(wave, dtype=np.float64).sum())

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 import diffusion
+from checks import InputError, check_finite_state, check_identity
 from data import (MEL_FPS, Augmentation, draw_crop_length, fft_resample, log_mel, mel_magnitude,
                   project_to_mel, random_crop)
 from unet1d import UNet1D, UNetConfig, count_parameters
@@ -432,7 +433,6 @@ class StageModel:
     """
 
     def __init__(self, path, device="cpu", dtype=None, stage=None):
-        from checks import InputError, check_finite_state, check_identity
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         check_identity(ckpt, path, stage)
         if ckpt["stage"] not in STAGES or ckpt["scale"] not in SCALES:
@@ -622,10 +622,17 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
         as soon as that stage ends (app.py shows them while the next stage runs).
     :param timings: a dict that receives each stage's wall-clock seconds.
     :return: a (B, T) float tensor at 24 kHz.
+
+    Longer than the generator's training clip, the generator runs in overlapping windows
+    (`audio_generate`'s long-form; overlap DEFAULT_OVERLAP, at most half a window).
     """
-    gen = torch.Generator().manual_seed(seed)
     names = PIPELINES[pipeline]
     first, second, third = (stages[n] for n in names)
+    if seconds > first.spec.clip_seconds:
+        task = AudioTask("long", overlap=min(DEFAULT_OVERLAP, first.spec.clip_seconds / 2))
+        return audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, task,
+                              device, progress, keep, timings)
+    gen = torch.Generator().manual_seed(seed)
     bar = lambda name: progress and progress(name)
     lap = _stopwatch(timings)
 
@@ -745,7 +752,6 @@ class AudioTask:
 def at_stage(spec, wave):
     """The given 24 kHz audio (..., T) as `spec`'s stage outputs it: (..., 1, T') audio at its rate,
     or (..., 80, frames) log-mel."""
-    from data import fft_resample, log_mel
     wave16 = fft_resample(wave, GIVEN_RATE, 16000)
     if spec.output == "spec":
         return log_mel(wave16, 16000)
@@ -841,7 +847,6 @@ def _known_at(task, rate, n):
     intervals = task.known_seconds()
     if not intervals:
         return None
-    from data import fft_resample
     known = fit_tensor(fft_resample(task.audio, GIVEN_RATE, rate), n)[None, None]    # (1, 1, n)
     return Given(known=known, mask=known_mask(intervals, rate, n))
 
@@ -852,7 +857,6 @@ def generate_later(stages, names, x1, seconds, generator, knobs, task, text2=Non
     :param x1: the stage-1 output (B, C, n1), or None for up-sampling from the given clip.
     :return: {stage name: output}, each (B, 1, T) audio.
     """
-    from data import fft_resample
     out = {}
     second, third = stages[names[1]], stages[names[2]]
     n2, n3 = round(seconds * 16000), round(seconds * 24000)
@@ -895,7 +899,6 @@ def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs
     :param seconds: the output length for "long" and "continue" (0: see `task_seconds`).
     :return: a (B, T) float tensor at 24 kHz.
     """
-    import time
     names = PIPELINES["wave" if task.mode == "upsample" else pipeline]
     gen = torch.Generator().manual_seed(seed)
     B = len(prompts)

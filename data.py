@@ -388,16 +388,22 @@ def load_track(path, sample_rate, cache_dir=None):
     cached = _cache_path(cache_dir, path, sample_rate) if use_cache else None
     if cached and os.path.exists(cached):
         return np.load(cached)
-    mono, rate = decode_audio(path)
-    wave = fft_resample(mono.astype(np.float64), rate, sample_rate).astype(np.float32)
-    shortest = -(-sample_rate // MEL_FPS)         # one 10 ms log-mel hop: less makes no frame
-    if len(wave) < shortest:
-        raise AudioError(f"too short ({len(wave)} samples at {sample_rate} Hz; at least {shortest})")
+    wave = resample_track(*decode_audio(path), sample_rate)
     if cached:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = cached + f".{os.getpid()}.tmp.npy"
         np.save(tmp, wave)
         os.replace(tmp, cached)
+    return wave
+
+
+def resample_track(mono, rate, sample_rate):
+    """A decoded mono track FFT-resampled whole to `sample_rate` (float32); AudioError for a track
+    shorter than one 10 ms spectrogram hop, which no stage can use."""
+    wave = fft_resample(np.asarray(mono, dtype=np.float64), rate, sample_rate).astype(np.float32)
+    shortest = -(-sample_rate // MEL_FPS)         # one 10 ms log-mel hop: less makes no frame
+    if len(wave) < shortest:
+        raise AudioError(f"too short ({len(wave)} samples at {sample_rate} Hz; at least {shortest})")
     return wave
 
 

@@ -131,7 +131,7 @@ def check_audio_args(args, p, argv=None):
         p.error("--strength goes with --init")
     if args.strength is not None and not 0 < args.strength <= 1:
         p.error("--strength must be in (0, 1]")
-    if args.overlap < 0 or args.repaint_jump < 0 or args.repaint_resample < 1:
+    if not args.overlap >= 0 or args.repaint_jump < 0 or args.repaint_resample < 1:     # `not >=` refuses NaN
         p.error("--overlap and --repaint-jump must be >= 0 and --repaint-resample >= 1")
     settings = dict(overlap=args.overlap, jump=args.repaint_jump, resample=args.repaint_resample)
     args.task = None

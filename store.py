@@ -99,14 +99,13 @@ def prepare_track(path, rates, dtype):
 
     :return: ("ok", {rate: array}, {rate: scale}, source seconds) or ("skip", reason).
     """
+    waves, scales = {}, {}
     try:
         mono, rate = data.decode_audio(path)
+        for r in rates:
+            waves[r], scales[r] = quantize(data.resample_track(mono, rate, r), dtype)
     except data.AudioError as e:
         return ("skip", str(e))
-    waves, scales = {}, {}
-    for r in rates:
-        wave = data.fft_resample(mono.astype(np.float64), rate, r).astype(np.float32)
-        waves[r], scales[r] = quantize(wave, dtype)
     return ("ok", waves, scales, len(mono) / rate)
 
 

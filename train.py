@@ -189,6 +189,9 @@ class MemoryClips:
         return self.clips[i][0]
 
 
+TEXT_MEMO = 100_000      # clips whose text batches a StageBatches keeps (per DataLoader worker)
+
+
 class StageBatches(torch.utils.data.Dataset):
     """Item (s, k) is the whole k-th micro-batch of step s: clips, crop, texts, drawn from (seed, rank, s, k).
 
@@ -203,6 +206,7 @@ class StageBatches(torch.utils.data.Dataset):
         self.spec, self.batch_size = spec, batch_size
         self.clips = clips if hasattr(clips, "wave") else MemoryClips(clips)
         self.seed, self.rank, self.count_tokens = seed, rank, count_tokens
+        self._texts = {}            # clip -> its text batch, memoised (tokenizing is per clip, not per pick)
 
     def __len__(self):
         return 1 << 40
@@ -211,7 +215,11 @@ class StageBatches(torch.utils.data.Dataset):
         """Clip i's text batch (data.text_entries); [] for a stage without text."""
         if not self.spec.has_text:
             return []
-        return data.text_entries(self.clips.entry(i), self.spec.token_len, self.count_tokens)
+        if i not in self._texts:
+            if len(self._texts) >= TEXT_MEMO:           # bounded: a large collection is not held in memory
+                self._texts.clear()
+            self._texts[i] = data.text_entries(self.clips.entry(i), self.spec.token_len, self.count_tokens)
+        return self._texts[i]
 
     def __getitem__(self, index):
         step, k = index if isinstance(index, tuple) else (index, 0)
@@ -544,6 +552,9 @@ def train_stage(cfg: TrainConfig, stage: str):
         ema_update(ema, model, cfg.ema_decay, step)
         step += 1
         losses.append((step, total))
+        checkpoint_now = step % cfg.ckpt_every == 0 or step == cfg.steps or step == cfg.stop_at
+        if checkpoint_now:          # on every rank: the weights are the same on all, so all stop together
+            check_finite_weights(model, ema, cfg, stage, step, saved)
         if is_main():
             rate = (step - start_step) / (time.time() - t0)
             bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", it_s=f"{rate:.2f}")
@@ -553,11 +564,10 @@ def train_stage(cfg: TrainConfig, stage: str):
                 log.write(json.dumps({"step": step, "loss": sum(recent) / len(recent), "lr": lr,
                                       "steps_per_s": rate, "time": time.time()}) + "\n")
                 log.flush()
-            done = step == cfg.steps or step == cfg.stop_at
-            if step % cfg.ckpt_every == 0 or done:
-                check_finite_weights(model, ema, cfg, stage, step, saved)
+            if checkpoint_now:
                 save_checkpoint(cfg, stage, step, model, ema, opt, unet_cfg, t5_path, losses)
-                saved = step
+        if checkpoint_now:
+            saved = step
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 snapshot(cfg, spec, ema, batch, text_cache, step, losses, device)
         if step == cfg.stop_at:

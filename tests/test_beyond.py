@@ -161,6 +161,14 @@ def test_long_form_windows_join_on_their_known_part(models, monkeypatch):
         assert torch.equal(x[..., :400], prev[..., -400:])
 
 
+def test_cascade_generate_past_the_clip_length_is_the_long_form(models):
+    """Any caller (sample.py, app.py, the benches) asking for more than a generator window gets the
+    windows, not one pass over a longer tensor than the generator was trained on."""
+    prompts = ["a slow piano tune", "fast drums"]
+    plain = cascade.cascade_generate(models[0], models[1], prompts, "spec", 1.25, 0, KNOBS)
+    assert torch.equal(plain, _generate(models, "spec", cascade.AudioTask("long", overlap=0.25), seconds=1.25))
+
+
 def test_sdedit_and_upsample_give_the_clip_length(models):
     clip = _clip()
     for task in (cascade.AudioTask("init", clip, strength=0.5), cascade.AudioTask("upsample", clip, 8000),

@@ -305,6 +305,18 @@ def test_analyze_reads_long_files_in_blocks(tmp_path, monkeypatch):
     assert abs(blocks["percussive_ratio"] - whole["percussive_ratio"]) < 0.05
 
 
+@pytest.mark.parametrize("extra", [1, 79, 4000])
+def test_analyze_counts_a_short_last_block_without_measuring_it(tmp_path, extra):
+    """A file just past a whole number of blocks leaves a tail too short to measure (here 1 and 79
+    samples, under one 10 ms hop, and half a second): it counts in the duration and is not an error."""
+    import audio_measures
+    rate = 8000
+    wave = 0.3 * np.sin(2 * np.pi * 220 * np.arange(6 * rate + extra) / rate)
+    sf.write(tmp_path / "x.wav", wave.astype(np.float32), rate)
+    r = audio_measures.analyze(str(tmp_path / "x.wav"), block_seconds=3.0)
+    assert r["seconds"] == (6 * rate + extra) / rate and r["note"] == "A3"
+
+
 def test_bench_loaders_do_not_run_pickled_code(tmp_path):
     """A crafted --rescore / --data file (a pickle whose loading runs a command) is refused."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))

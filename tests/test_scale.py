@@ -21,14 +21,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _collection(folder):
-    """Four 9 s tracks (two 4 s toy clips each), one 3 s track (one short clip), and two bad files."""
+    """Four 9 s tracks (two 4 s toy clips each), one 3 s track (one short clip), and three bad files
+    (not audio, missing, and a 2 ms blip shorter than one spectrogram hop at every rate)."""
     manifest = write_tone_manifest(str(folder), n=4, seconds=9.0)
     t = np.arange(3 * 44100) / 44100
     sf.write(os.path.join(folder, "audio", "short.wav"), 0.2 * np.sin(2 * np.pi * 440 * t), 44100)
+    sf.write(os.path.join(folder, "audio", "blip.wav"), 0.2 * np.sin(2 * np.pi * 440 * t[:88]), 44100)
     with open(os.path.join(folder, "audio", "broken.wav"), "w") as f:
         f.write("not audio")
     with open(manifest, "a") as f:
-        for name, caption in (("broken.wav", "x"), ("short.wav", "a short tone"), ("missing.wav", "y")):
+        for name, caption in (("broken.wav", "x"), ("short.wav", "a short tone"), ("missing.wav", "y"),
+                              ("blip.wav", "z")):
             f.write(json.dumps({"audio": f"audio/{name}", "captions": [caption], "tags": ["tone"]}) + "\n")
     return manifest
 
@@ -46,12 +49,13 @@ def collection(tmp_path_factory):
 def test_prepare_skips_bad_files_and_counts_them(collection, capsys):
     manifest, prepared = collection
     summary = json.load(open(os.path.join(prepared["int16"], "prepare.json")))
-    assert summary["complete"] and summary["tracks"] == 5 and summary["skipped"] == 2
+    assert summary["complete"] and summary["tracks"] == 5 and summary["skipped"] == 3
     assert summary["hours"] == pytest.approx((4 * 9 + 3) / 3600)
     r = subprocess.run([sys.executable, "data.py", "prepare", "--manifest", manifest, "--out", prepared["int16"]],
                        cwd=ROOT, capture_output=True, text=True)       # already done: merges again, reports
-    assert r.returncode == 0 and "5 tracks" in r.stdout and "2 files skipped" in r.stdout
+    assert r.returncode == 0 and "5 tracks" in r.stdout and "3 files skipped" in r.stdout
     assert "broken.wav: not readable audio" in r.stderr and "missing.wav: missing file" in r.stderr
+    assert "blip.wav: too short" in r.stderr
 
 
 def test_store_clips_equal_load_clips(collection):
@@ -117,7 +121,7 @@ def test_prepare_resumes_after_a_kill(tmp_path, monkeypatch):
     calls.clear()
     monkeypatch.setattr(store, "_prepare_job", lambda job: calls.append(job[0]) or real(job))
     store.prepare(manifest, str(tmp_path / "split"), shard_tracks=2, progress=False)
-    assert calls == [2, 3, 4, 5, 6]            # shard 0 (lines 0, 1) was not redone
+    assert calls == [2, 3, 4, 5, 6, 7]         # shard 0 (lines 0, 1) was not redone
     compare = filecmp.dircmp(tmp_path / "whole", tmp_path / "split")
     for sub in ("shards", "index"):
         names = sorted(os.listdir(tmp_path / "whole" / sub))
