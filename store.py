@@ -38,6 +38,7 @@ import sys
 
 import numpy as np
 
+import checks
 import data
 
 FORMAT = 1
@@ -53,13 +54,12 @@ StoreError = data.StoreError   # defined in data.py, whose command line reports 
 # Writing: `python data.py prepare`
 
 def _atomic_write(path, write):
-    """Write through `write(file)` to a temporary file beside `path`, then rename it over `path`."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write through `write(file)` (a binary file object) with checks.atomic_write: a temporary file
+    beside `path`, flushed, renamed over it, removed on failure."""
+    def to_file(tmp):
+        with open(tmp, "wb") as f:
+            write(f)
+    checks.atomic_write(path, to_file)
 
 
 def _write_json(path, obj):

@@ -294,13 +294,13 @@ def ema_update(ema, model, decay, step):
 
 
 def atomic_save(obj, path):
-    """Write to a temporary file in the same folder, flush to disk, then rename over `path`."""
-    tmp = checks.temporary_path(path)
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save through checks.atomic_write (a temporary file beside `path`, flushed, renamed)."""
+    checks.atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _write_text(path, text):
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def checkpoint_path(cfg, stage):
@@ -315,10 +315,8 @@ def save_checkpoint(cfg, stage, step, model, ema, opt, unet_cfg, t5_path, losses
             "losses": losses[-10000:]}
     path = checkpoint_path(cfg, stage)
     atomic_save(ckpt, path)
-    note = checks.temporary_path(path + ".json")
-    with open(note, "w") as f:
-        json.dump({"latest": os.path.basename(path), "step": step}, f)
-    os.replace(note, path + ".json")
+    note = json.dumps({"latest": os.path.basename(path), "step": step})
+    checks.atomic_write(path + ".json", lambda tmp: _write_text(tmp, note))
 
 
 def load_checkpoint(path):
