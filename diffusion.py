@@ -7,8 +7,9 @@ What lives here, in the paper's notation (x_t = alpha_t x + sigma_t eps, t in [0
 - the forward process q(x_t | x) of eq. 2 (`q_sample`) and the training loss of eq. 1;
 - the denoising step schedules of Table 7 (Appendix A.2), and a way to shrink them to fewer steps;
 - the ancestral sampler of eq. 4 with its stochasticity parameter gamma (DDPM, Ho et al., 2020,
-  written with the variances of eq. 3 as in Saharia et al., 2022), and, as a separate extra,
-  deterministic DDIM (Song et al., 2021);
+  written with the variances of eq. 3 as in Saharia et al., 2022), and, as extras the paper does
+  not have, deterministic DDIM (Song et al., 2021) and the second-order DPM-Solver++(2M) (Lu et
+  al., 2022), which needs fewer steps (`SAMPLERS`, `run_sampler`);
 - classifier-free guidance (Ho & Salimans, 2022) in the paper's form, followed by Imagen's dynamic
   thresholding (Saharia et al., 2022) of the implied x_0;
 - not in the paper, for audio in (cascade.py's note on it): eq. 4 with part of x_0 known, by
@@ -340,6 +341,28 @@ def _noise_like(x, generator):
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 
 
+def _check_gamma(gamma):
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+
+
+def ancestral_step(eps_fn, x, t, s, schedule, gamma, generator=None):
+    """One step of eq. 4 from time t to s < t, the step that every eq. 4 sampler here takes.
+
+    x_s = c_x x_t - c_eps eps_hat + c_z z (`ancestral_coefficients`). At s = 0 it adds no noise and
+    returns the data estimate x_hat = (x_t - sigma_t eps_hat) / alpha_t (see `sample` for why).
+
+    :return: (x_s, x_0 estimate or None); at s = 0, x_s is the estimate itself.
+    """
+    t_batch = _time_batch(t, x)
+    eps_hat = eps_fn(x, t_batch)
+    if s == 0:
+        x0 = x0_from_eps(x, eps_hat, t_batch, schedule)
+        return x0, x0
+    c_x, c_eps, c_z = ancestral_coefficients(t, s, schedule, gamma)
+    return c_x * x - c_eps * eps_hat + c_z * _noise_like(x, generator), None
+
+
 @torch.no_grad()
 def sample(eps_fn, x_T, deltas, schedule, gamma, generator=None, progress=None):
     """Ancestral (DDPM) sampling with stochasticity gamma: eq. 4 of Appendix A.
@@ -363,18 +386,11 @@ def sample(eps_fn, x_T, deltas, schedule, gamma, generator=None, progress=None):
     :param progress: an optional wrapper of an iterable, e.g. tqdm.
     :return: x_0, shaped like x_T.
     """
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    _check_gamma(gamma)
     times = step_times(deltas).tolist()
     x = x_T
     for n in _steps(len(times) - 1, progress):
-        t, s = times[n], times[n - 1]
-        t_batch = _time_batch(t, x)
-        eps_hat = eps_fn(x, t_batch)
-        if n == 1:
-            return x0_from_eps(x, eps_hat, t_batch, schedule)
-        c_x, c_eps, c_z = ancestral_coefficients(t, s, schedule, gamma)
-        x = c_x * x - c_eps * eps_hat + c_z * _noise_like(x, generator)
+        x, _ = ancestral_step(eps_fn, x, times[n], times[n - 1], schedule, gamma, generator)
     return x
 
 
@@ -399,6 +415,55 @@ def ddim_sample(eps_fn, x_T, deltas, schedule, progress=None):
         # x_s = (alpha_s / alpha_t) x_t + (sigma_s - alpha_s sigma_t / alpha_t) eps_hat
         x = float(alpha_s / alpha_t) * x + float(sigma_s - alpha_s * sigma_t / alpha_t) * eps_hat
     return x
+
+
+@torch.no_grad()
+def dpmpp_2m_sample(eps_fn, x_T, deltas, schedule, progress=None):
+    """DPM-Solver++(2M): Algorithm 2 of Lu et al. (2022, "DPM-Solver++"); not part of the paper.
+
+    A second-order multistep solver of the probability-flow ODE in data prediction. With
+    h = (lambda_s - lambda_t) / 2 (Lu et al.'s lambda is half of this file's log-SNR), each step is
+
+        x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,
+        D = (1 + 1 / 2r) x0_t - (1 / 2r) x0_prev,    r = h_prev / h,
+
+    with x0 = (x_t - sigma_t eps_hat) / alpha_t, and D = x0_t on the first step (DDIM's step,
+    written in lambda). One model call per step, as `sample`. CFG and dynamic clipping act on these
+    x_0 estimates: `clipped_eps_fn` returns the eps whose implied x_0 is the clipped one, so the
+    x_0 formed here is the clipped x_0 (up to float rounding). Shifted schedules need nothing more:
+    lambda_t comes from `log_snr`. As in `sample`, the last step, to t = 0, returns the data
+    estimate x0_t itself (k-diffusion's DPM++(2M) does the same when sigma reaches 0).
+    Same arguments as `ddim_sample`.
+
+    :return: x_0, shaped like x_T.
+    """
+    times = step_times(deltas).tolist()
+    x, x0_prev, h_prev = x_T, None, None
+    for n in _steps(len(times) - 1, progress):
+        t, s = times[n], times[n - 1]
+        lam_t, lam_s, alpha_t, alpha_s, sigma_t, sigma_s = (float(v) for v in _step_terms(t, s, schedule))
+        x0 = (x - sigma_t * eps_fn(x, _time_batch(t, x))) / alpha_t
+        if n == 1:
+            return x0
+        h = (lam_s - lam_t) / 2
+        d = x0 if x0_prev is None else (1 + h / (2 * h_prev)) * x0 - (h / (2 * h_prev)) * x0_prev
+        x = (sigma_s / sigma_t) * x - (alpha_s * math.expm1(-h)) * d
+        x0_prev, h_prev = x0, h
+    return x
+
+
+SAMPLERS = ("ancestral", "ddim", "dpmpp-2m")
+
+
+def run_sampler(name, eps_fn, x_T, deltas, schedule, gamma, generator=None, progress=None):
+    """Sample with the sampler named `name` (a name in SAMPLERS); gamma and generator serve eq. 4 only."""
+    if name == "ancestral":
+        return sample(eps_fn, x_T, deltas, schedule, gamma, generator, progress)
+    if name == "ddim":
+        return ddim_sample(eps_fn, x_T, deltas, schedule, progress)
+    if name == "dpmpp-2m":
+        return dpmpp_2m_sample(eps_fn, x_T, deltas, schedule, progress)
+    raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,20 +576,6 @@ def eps_pair(eps_cond_fn, eps_uncond_fn):
 # ----------------------------------------------------------------------------------------------
 # Samplers given part of the audio (continuation, inpainting, long-form, audio-to-audio)
 
-def _ancestral_step(eps_fn, x, t, s, schedule, gamma, generator):
-    """One step of eq. 4 from time t to s < t; at s = 0 it returns the data estimate (see `sample`).
-
-    :return: (x_s, x_0 estimate or None); at s = 0, x_s is the estimate itself.
-    """
-    t_batch = _time_batch(t, x)
-    eps_hat = eps_fn(x, t_batch)
-    if s == 0:
-        x0 = x0_from_eps(x, eps_hat, t_batch, schedule)
-        return x0, x0
-    c_x, c_eps, c_z = ancestral_coefficients(t, s, schedule, gamma)
-    return c_x * x - c_eps * eps_hat + c_z * _noise_like(x, generator), None
-
-
 def _renoise(x_s, s, t, schedule, generator):
     """Draw x_t ~ q(x_t | x_s) = N((alpha_t / alpha_s) x_s, sigma^2_{t|s} I) for t > s (eq. 3)."""
     lam_s, lam_t, alpha_s, alpha_t, _, sigma_t = _step_terms(s, t, schedule)
@@ -575,8 +626,7 @@ def known_region_sample(eps_fn, x_T, deltas, schedule, gamma, known, mask, jump=
     :param jump, resample: RePaint's jump length j and number of resamplings r (0 / 1: replacement).
     :return: x_0, shaped like x_T.
     """
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    _check_gamma(gamma)
     times = step_times(deltas).tolist()
     mask = mask.to(x_T.dtype)
     known = known.to(x_T.dtype).expand_as(x_T)
@@ -587,7 +637,7 @@ def known_region_sample(eps_fn, x_T, deltas, schedule, gamma, known, mask, jump=
         if m > n:                                   # RePaint: back up from t_n to t_m
             x = _renoise(x, times[n], times[m], schedule, generator)
             continue
-        x, x0 = _ancestral_step(eps_fn, x, times[n], times[m], schedule, gamma, generator)
+        x, x0 = ancestral_step(eps_fn, x, times[n], times[m], schedule, gamma, generator)
         if x0 is not None:
             return mask * known + (1 - mask) * x0
         s = _time_batch(times[m], x)
@@ -615,10 +665,9 @@ def sdedit_sample(eps_fn, x_init, strength, deltas, schedule, gamma, generator=N
     :param strength: s in (0, 1].
     :return: x_0, shaped like x_init.
     """
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    _check_gamma(gamma)
     times = truncated_times(deltas, strength)
     x = q_sample(x_init, _time_batch(times[-1], x_init), _noise_like(x_init, generator), schedule)
     for n in _steps(len(times) - 1, progress):
-        x, _ = _ancestral_step(eps_fn, x, times[n], times[n - 1], schedule, gamma, generator)
+        x, _ = ancestral_step(eps_fn, x, times[n], times[n - 1], schedule, gamma, generator)
     return x

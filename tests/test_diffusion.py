@@ -188,12 +188,12 @@ def _optimal_eps_fn(schedule, scale=1.0):
 
 
 def _run(sampler, schedule, name, scale=1.0):
-    """Draw N_SAMPLES outputs of `sampler` ('ddim' or a gamma) with a fixed seed."""
+    """Draw N_SAMPLES outputs of `sampler` ('ddim', 'dpmpp-2m' or a gamma) with a fixed seed."""
     g = torch.Generator().manual_seed(1234)
     x_T = torch.randn(N_SAMPLES, 1, 1, generator=g, dtype=torch.float64)
     eps_fn, deltas = _optimal_eps_fn(schedule, scale), D.step_schedule(name, N_STEPS)
-    if sampler == "ddim":
-        return D.ddim_sample(eps_fn, x_T, deltas, schedule)
+    if isinstance(sampler, str):
+        return D.run_sampler(sampler, eps_fn, x_T, deltas, schedule, 0.0)
     return D.sample(eps_fn, x_T, deltas, schedule, sampler, generator=g)
 
 
@@ -203,9 +203,9 @@ def _misses(x, name):
             or abs(x.std().item() - S) > TOL_STD + allowance)
 
 
-CASES = [("cosine", name, sampler) for name in ALLOWANCE for sampler in (0.0, 1.0, "ddim")]
+CASES = [("cosine", name, sampler) for name in ALLOWANCE for sampler in (0.0, 1.0, "ddim", "dpmpp-2m")]
 CASES += [("linear", name, sampler) for name in ("uniform", "front-heavy")
-          for sampler in (0.0, 1.0, "ddim")]
+          for sampler in (0.0, 1.0, "ddim", "dpmpp-2m")]
 
 
 @pytest.mark.parametrize("schedule,name,sampler", CASES)
@@ -214,7 +214,7 @@ def test_samplers_recover_gaussian(schedule, name, sampler):
     assert not _misses(x, name), (x.mean().item(), x.std().item())
 
 
-@pytest.mark.parametrize("sampler", [0.0, 1.0, "ddim"])
+@pytest.mark.parametrize("sampler", [0.0, 1.0, "ddim", "dpmpp-2m"])
 def test_gaussian_check_can_fail(sampler):
     x = _run(sampler, "cosine", "uniform", scale=0.5)
     assert _misses(x, "uniform")
@@ -267,7 +267,7 @@ def test_gamma0_is_stochastic_and_not_ddim():
         D.sample(eps_fn, x_T, deltas, "cosine", 1.5)
 
 
-@pytest.mark.parametrize("sampler", [0.0, 1.0, "ddim"])
+@pytest.mark.parametrize("sampler", [0.0, 1.0, "ddim", "dpmpp-2m"])
 def test_last_step_lands_on_the_data(sampler):
     """With an exact predictor for a point mass, the output is the point itself, to float precision.
 
@@ -279,9 +279,111 @@ def test_last_step_lands_on_the_data(sampler):
         return (x_t - alpha * c) / sigma
     x_T = torch.randn(3, 1, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     deltas = D.step_schedule("front-heavy", 10, "vocoder")
-    x = (D.ddim_sample(eps_fn, x_T, deltas, "linear") if sampler == "ddim"
+    x = (D.run_sampler(sampler, eps_fn, x_T, deltas, "linear", 0.0) if isinstance(sampler, str)
          else D.sample(eps_fn, x_T, deltas, "linear", sampler, generator=torch.Generator().manual_seed(1)))
     torch.testing.assert_close(x, c.expand_as(x), rtol=0, atol=1e-9)
+
+
+# The probability-flow ODE of Gaussian data, solved exactly: along it (x_t - alpha_t MU) /
+# sqrt(alpha_t^2 S^2 + sigma_t^2) stays constant, so x_T at t = 1 maps to MU + S z at the data.
+ODE_SCHEDULES = ["cosine", "linear", D.shifted("cosine", 3.219), D.shifted("linear", 3.219)]
+Z = torch.linspace(-3, 3, 61, dtype=torch.float64)[None, None]       # (1, 1, 61) points of the map
+
+
+def _ode_start(schedule):
+    """x_1 on the ODE's trajectories through the points Z: alpha_1 MU + sqrt(alpha_1^2 S^2 + sigma_1^2) Z."""
+    a, s = D.alpha_sigma(torch.tensor([1.0], dtype=torch.float64), schedule)
+    return a * MU + (a ** 2 * S ** 2 + s ** 2).sqrt() * Z
+
+
+def _t_of_log_snr(lam, schedule):
+    """The inverse of log_snr, in closed form for both schedules (and their shifts)."""
+    base, shift = D.parse_schedule(schedule)
+    lam = lam - shift
+    if base == "cosine":
+        return (torch.atan(torch.exp(-lam / 2)) - D._COSINE_B) / D._COSINE_A
+    return ((torch.log1p(torch.exp(-lam)) - 1e-4) / 10).sqrt()
+
+
+def _log_snr_uniform_deltas(n, schedule, t_1):
+    """n + 1 steps: t_1 fixed, t_1 < ... < t_{n+1} = 1 uniform in lambda, then the step to t_0 = 0.
+
+    A step size that varies smoothly in lambda, as the convergence order of a multistep solver
+    assumes; t_1 stays put as n doubles, so the last step's data estimate is the same function.
+    """
+    ends = D.log_snr(torch.tensor([1.0, t_1], dtype=torch.float64), schedule)
+    t = _t_of_log_snr(torch.linspace(float(ends[0]), float(ends[1]), n + 1, dtype=torch.float64), schedule)
+    t = torch.cat([torch.zeros(1, dtype=torch.float64), t.flip(0)])
+    t[-1] = 1.0
+    return (t[1:] - t[:-1]).tolist()
+
+
+@pytest.mark.parametrize("schedule", ODE_SCHEDULES)
+def test_dpmpp_2m_follows_the_probability_flow_ode(schedule):
+    """DPM-Solver++(2M) with 200 uniform steps maps x_1 to the exact ODE solution MU + S z, and is
+    several times closer to it than DDIM (first order) at the same steps."""
+    deltas, exact = D.step_schedule("uniform", 200), MU + S * Z
+    x = D.dpmpp_2m_sample(_optimal_eps_fn(schedule), _ode_start(schedule), deltas, schedule)
+    ddim = D.ddim_sample(_optimal_eps_fn(schedule), _ode_start(schedule), deltas, schedule)
+    err, err_ddim = (x - exact).abs().max().item(), (ddim - exact).abs().max().item()
+    assert err < 3e-3 and err < err_ddim / 4, (err, err_ddim)
+
+
+def _convergence_slope(sampler, schedule, ns=(20, 40, 80, 160), t_1=0.02):
+    """The fitted slope of log(max error) against log(steps), the reference being the exact ODE
+    solution to t_1 followed by the same last step (the exact data estimate at t_1)."""
+    a, s = D.alpha_sigma(torch.tensor([t_1], dtype=torch.float64), schedule)
+    reference = MU + a * S ** 2 * Z / (a ** 2 * S ** 2 + s ** 2).sqrt()    # E[x | x_{t_1}] on the ODE
+    errors = []
+    for n in ns:
+        x = D.run_sampler(sampler, _optimal_eps_fn(schedule), _ode_start(schedule),
+                          _log_snr_uniform_deltas(n, schedule, t_1), schedule, 0.0)
+        errors.append((x - reference).abs().max().item())
+    log_n, log_e = torch.log(torch.tensor(ns, dtype=torch.float64)), torch.log(torch.tensor(errors))
+    slope = ((log_n - log_n.mean()) * (log_e - log_e.mean())).sum() / ((log_n - log_n.mean()) ** 2).sum()
+    return float(slope), errors
+
+
+@pytest.mark.parametrize("schedule", ODE_SCHEDULES)
+def test_dpmpp_2m_is_second_order_and_ddim_first(schedule):
+    """Steps doubling from 20 to 160: DPM-Solver++(2M)'s error falls as steps^-2, DDIM's as steps^-1."""
+    slope, errors = _convergence_slope("dpmpp-2m", schedule)
+    slope_ddim, errors_ddim = _convergence_slope("ddim", schedule)
+    print(f"{schedule}: dpmpp-2m slope {slope:.2f} errors {errors}; ddim slope {slope_ddim:.2f} errors {errors_ddim}")
+    assert slope <= -1.8, (slope, errors)
+    assert -1.15 <= slope_ddim <= -0.85, (slope_ddim, errors_ddim)
+
+
+def test_dpmpp_2m_sees_the_clipped_x0():
+    """CFG and dynamic clipping reach the solver exactly: the x_0 it forms from the wrapped eps is
+    dynamic_clip of the model's x_0 (float64, to rounding), at high and low noise alike, and its
+    output (the last data estimate) lies in [-1, 1]."""
+    schedule = D.shifted("cosine", 3.219)
+    loud = lambda x_t, t: (x_t - D._expand(D.alpha_sigma(t, schedule)[0], x_t) * 3.0 * torch.sin(  # noqa: E731
+        torch.arange(x_t.shape[-1], dtype=x_t.dtype))) / D._expand(D.alpha_sigma(t, schedule)[1], x_t)
+    clipped = D.clipped_eps_fn(loud, schedule)
+    x_t = torch.randn(2, 1, 256, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for t in (0.999, 0.5, 0.05, 0.001):
+        tb = torch.full((2,), t, dtype=torch.float64)
+        x0 = D.x0_from_eps(x_t, clipped(x_t, tb), tb, schedule)
+        torch.testing.assert_close(x0, D.dynamic_clip(D.x0_from_eps(x_t, loud(x_t, tb), tb, schedule)),
+                                   rtol=0, atol=1e-9)
+    out = D.dpmpp_2m_sample(clipped, x_t, D.step_schedule("uniform", 20), schedule)
+    loud_x0 = 3.0 * torch.sin(torch.arange(256, dtype=torch.float64)).expand_as(x_t)
+    torch.testing.assert_close(out, D.dynamic_clip(loud_x0), rtol=0, atol=1e-9)
+    assert out.abs().max() <= 1.0 + 1e-9
+
+
+def test_run_sampler_names():
+    eps_fn, x_T = _optimal_eps_fn("cosine"), torch.randn(2, 1, 8, dtype=torch.float64)
+    deltas = D.step_schedule("uniform", 5)
+    assert torch.equal(D.run_sampler("ddim", eps_fn, x_T, deltas, "cosine", 0.0),
+                       D.ddim_sample(eps_fn, x_T, deltas, "cosine"))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(D.run_sampler("ancestral", eps_fn, x_T, deltas, "cosine", 1.0, g1),
+                       D.sample(eps_fn, x_T, deltas, "cosine", 1.0, g2))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        D.run_sampler("euler", eps_fn, x_T, deltas, "cosine", 0.0)
 
 
 def test_last_step_adds_no_noise():
