@@ -123,6 +123,7 @@ class StageSpec:
     lr_end: int               # the step where the cosine reaches 0; None = the run's last step
     ema_decay: float          # EMA of the weights, which the sampler uses
     # sampling (Tables 3 and 7; sample.py)
+    sampler: str              # a name of diffusion.SAMPLERS: "ancestral" (eq. 4, the paper's), "ddim", "dpmpp-2m"
     steps: int                # denoising steps
     step_schedule: str        # Table 3: "front-heavy" / "back-heavy" / "uniform"
     gamma: float              # Table 3 stochasticity of eq. 4
@@ -178,6 +179,7 @@ _RECIPE = dict(
     clean_share=ByScale(toy=0.5, small=0.0, full=0.0),
     clip_seconds=ByScale(toy=4.0, small=10.0, full=30.0),
     clip=diffusion.DEFAULT_CLIP_PERCENTILE,
+    sampler="ancestral",
     keep_band=False,
     project=1.0,
 )
@@ -401,6 +403,7 @@ PIPELINES = {"wave": ("wave-generator", "cascader", "super-res"),
 @dataclass
 class Sampling:
     """Per-stage inference knobs (Table 3); a field left at None takes the stage's default."""
+    sampler: str = None        # a name of diffusion.SAMPLERS ("ancestral" is eq. 4)
     steps: int = None          # number of denoising steps
     schedule: str = None       # a name of diffusion.STEP_SCHEDULES, or a file of deltas
     gamma: float = None        # eq. 4's stochasticity, in [0, 1]
@@ -409,6 +412,14 @@ class Sampling:
     aug: float = None          # noise time of the conditioning input (cascaders, vocoder); default 0 = clean
     keep_band: int = None      # 1: the output keeps the input's band (cascaders; super-res's default), 0: not
     project: float = None      # vocoder: project x_0 estimates onto the log-mel's magnitude at t > this; 1 = never
+
+
+def resolve_sampler(spec: StageSpec, knobs: Sampling):
+    """The stage's sampler: the user's knob over the preset's (a name of diffusion.SAMPLERS)."""
+    name = knobs.sampler or spec.sampler
+    if name not in diffusion.SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(diffusion.SAMPLERS)}")
+    return name
 
 
 def resolve_sampling(spec: StageSpec, knobs: Sampling):
@@ -496,7 +507,13 @@ def mel_projection(mel, peak=MEL_PROJECTION_PEAK):
 
 def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, text_mask=None,
               unconditional=None, progress=None, given=None, **route):
-    """Sample one stage: x_T ~ N(0, I) of `shape`, then eq. 4 with CFG and dynamic clipping.
+    """Sample one stage: x_T ~ N(0, I) of `shape`, then its sampler with CFG and dynamic clipping.
+
+    The sampler is eq. 4 (`diffusion.sample`) unless the stage's preset or knobs name another
+    (`resolve_sampler`); CFG and clipping wrap eps_fn, so every sampler sees the guided, clipped x_0.
+    With `given` (audio in: known regions, SDEdit) the stage always samples with eq. 4, whatever the
+    sampler knob says: replacement and RePaint re-noise x_s at every step, which a deterministic
+    multistep solver does not expect.
 
     The vocoder, with a projection time below 1 (StageSpec.project, Sampling.project), replaces each
     x_0 estimate at t above it by its projection onto the log-mel's magnitude (`mel_projection`).
@@ -527,7 +544,8 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
     if mel is not None:
         eps = diffusion.projected_eps_fn(eps, spec.schedule, mel_projection(mel), project)
     if given is None:
-        x = diffusion.sample(eps, x_T, deltas, spec.schedule, gamma, generator=generator, progress=progress)
+        x = diffusion.run_sampler(resolve_sampler(spec, knobs), eps, x_T, deltas, spec.schedule, gamma, generator,
+                                  progress)
     else:
         x = given.sample(eps, x_T, deltas, spec.schedule, gamma, generator, progress)
     if not torch.isfinite(x).all():             # an error naming the stage, never a silent WAV

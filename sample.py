@@ -165,8 +165,14 @@ def add_knob_flags(p):
     """--STAGE-FIELD for each stage and its `cascade.Sampling` fields (also used by bench/adherence.py)."""
     for stage in cascade.STAGES:
         for f in _knob_fields(stage):
-            kind = str if f.name == "schedule" else (int if f.name in ("steps", "keep_band") else float)
+            kind = str if f.name in ("schedule", "sampler") else (int if f.name in ("steps", "keep_band") else float)
             default = "Table 3 / the checkpoint's scale"
+            if f.name == "sampler":
+                p.add_argument(f"--{stage}-sampler", choices=diffusion.SAMPLERS, default=None, metavar="NAME",
+                               help=f"{stage}: sampler, one of {', '.join(diffusion.SAMPLERS)} (default: "
+                               f"{cascade.stage_spec(stage, 'toy').sampler} at toy scale, ancestral (eq. 4) at full; "
+                               "audio-in modes always use eq. 4 where part of the output is given)")
+                continue
             if f.name == "keep_band":
                 default = f"{int(cascade.stage_spec(stage).keep_band)}; 1 = the input's band is kept exactly"
             if f.name == "project":

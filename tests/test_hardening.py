@@ -66,6 +66,7 @@ CASES = [
     ("--out-dir with one prompt", "8", ["sample.py", "x", "--out-dir", "{tmp}/od2", *FAST], 2, "{tmp}/od2/000.wav"),
     ("data.py check: int captions", "8", ["data.py", "check", "{int_captions}"], 2, None),
     ("data.py check: string tags", "8", ["data.py", "check", "{string_tags}"], 2, None),
+    ("--cascader-sampler euler", "-", ["sample.py", "x", "--cascader-sampler", "euler", "--out", "{tmp}/o14.wav"], 2, "{tmp}/o14.wav"),
 ]
 
 
