@@ -475,13 +475,15 @@ class StageModel:
         if text is None or w == 1:
             return lambda x, t: run(x, t, text=text, text_mask=text_mask, drop_text=drop, **route)
 
+        # Everything but x_t and t is the same at every step: doubled once, here.
+        B = text.shape[0]
+        both = {k: torch.cat([v, v]) for k, v in route.items()}
+        hide = torch.cat([drop if drop is not None else torch.zeros(B, dtype=torch.bool, device=text.device),
+                          torch.ones(B, dtype=torch.bool, device=text.device)])   # second half: text hidden
+        text2, mask2 = torch.cat([text, text]), torch.cat([text_mask, text_mask])
+
         def pair(x, t):
-            B = x.shape[0]
-            both = {k: torch.cat([v, v]) for k, v in route.items()}
-            hide = torch.cat([drop if drop is not None else torch.zeros(B, dtype=torch.bool, device=x.device),
-                              torch.ones(B, dtype=torch.bool, device=x.device)])   # second half: text hidden
-            eps = run(torch.cat([x, x]), torch.cat([t, t]), text=torch.cat([text, text]),
-                      text_mask=torch.cat([text_mask, text_mask]), drop_text=hide, **both)
+            eps = run(torch.cat([x, x]), torch.cat([t, t]), text=text2, text_mask=mask2, drop_text=hide, **both)
             return eps[:B], eps[B:]
         return pair
 

@@ -480,14 +480,16 @@ def cfg_eps(eps_cond, eps_uncond, w):
 def _row_quantile(a, q):
     """The q-quantile of each row of a [B x M] tensor, interpolating linearly like torch.quantile.
 
-    Written with a sort because torch.quantile refuses inputs of more than 2^24 elements, which a
-    batch of 30 s waveforms exceeds.
+    Written with two order statistics (torch.kthvalue, linear time) because torch.quantile refuses
+    inputs of more than 2^24 elements, which a batch of 30 s waveforms exceeds; a full sort of
+    every row took up to a tenth of a sampling step.
     """
-    a = a.sort(dim=1).values
     pos = q * (a.shape[1] - 1)
     lo = math.floor(pos)
     hi = min(lo + 1, a.shape[1] - 1)
-    return a[:, lo] + (pos - lo) * (a[:, hi] - a[:, lo])
+    a_lo = a.kthvalue(lo + 1, dim=1).values
+    a_hi = a_lo if hi == lo else a.kthvalue(hi + 1, dim=1).values
+    return a_lo + (pos - lo) * (a_hi - a_lo)
 
 
 def dynamic_clip(x0, percentile=DEFAULT_CLIP_PERCENTILE):

@@ -363,7 +363,7 @@ def main(argv=None):
         batch = args.prompt_list[start:start + args.batch_size]
         keep = {}
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 if task is None:
                     audio = cascade.cascade_generate(stages, text_encoder, batch, args.pipeline, seconds,
                                                      args.seed + start, args.knobs, device, progress, keep)
