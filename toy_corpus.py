@@ -458,8 +458,10 @@ def _add(track, sound, start, gain):
         track[start:end] += gain * sound[:end - start]
 
 
-def render_clip(tune, attrs, rng, sample_rate=SAMPLE_RATE):
-    """The audio of one clip (float32, peak <= 0.95) and its melody notes."""
+def render_parts(tune, attrs, rng, sample_rate=SAMPLE_RATE, split_kit=False):
+    """(instrument, kit, melody): the instrument's track (melody and chords), float32 [T], and the
+    drum kit's tracks, unscaled: {"drums": the whole kit} or, with split_kit, {"kick", "snare",
+    "hat"} apart (for panning); {} without drums."""
     n = int(round(attrs["seconds"] * sample_rate))
     track = np.zeros(n + sample_rate, dtype=np.float32)  # a second of slack for release tails
     melody, sec_per_tick = arrange(tune, attrs, rng)
@@ -473,19 +475,91 @@ def render_clip(tune, attrs, rng, sample_rate=SAMPLE_RATE):
             for k, midi in enumerate(notes):
                 note = render_note(attrs["instrument"], midi, dur, sample_rate)
                 _add(track, note, int(round((onset + k * strum) * sample_rate)), 0.3)
-    audio = track[:n]
+    kit = {}
     if attrs["drums"]:
         beat = tune["beat"]
         subdivision = 3 if beat % 9 == 0 else 2  # dotted beats (9, 18, 36 ticks) split in three
         hits, sounds = drum_track(beat * sec_per_tick, subdivision, attrs["seconds"], sample_rate)
-        drums = np.zeros(n + sample_rate, dtype=np.float32)
         for start, name, gain in hits:
-            _add(drums, sounds[name], int(round(start * sample_rate)), gain)
-        drums = drums[:n]
+            part = kit.setdefault(name if split_kit else "drums", np.zeros(n + sample_rate, dtype=np.float32))
+            _add(part, sounds[name], int(round(start * sample_rate)), gain)
+        kit = {name: part[:n] for name, part in kit.items()}
+    return track[:n], kit, melody
+
+
+def render_clip(tune, attrs, rng, sample_rate=SAMPLE_RATE):
+    """The audio of one clip (float32, peak <= 0.95) and its melody notes."""
+    audio, kit, melody = render_parts(tune, attrs, rng, sample_rate)
+    if kit:
+        drums = kit["drums"]
         audio += DRUM_LEVEL * _rms(audio) / _rms(drums) * drums
     audio[-int(0.02 * sample_rate):] *= np.linspace(1.0, 0.0, int(0.02 * sample_rate))
     audio *= min(0.1 / _rms(audio), 0.95 / (np.abs(audio).max() + 1e-9))  # -20 dBFS, peak <= .95
     return audio, melody
+
+
+# Stereo (an extension: the paper's audio is mono). Every instrument stands at its own place on a
+# stage, the same in every clip up to a small jitter, so that a model given the mono mix-down can
+# tell from the timbre where a sound belongs; the drum kit is spread around the middle.
+STEREO_PANS = {"flute": -0.9, "piano": -0.4, "bass": 0.0, "organ": 0.35, "guitar": 0.8}
+DRUM_PANS = {"kick": 0.0, "snare": 0.2, "hat": -0.5}
+PAN_JITTER = 0.1        # each clip's positions move by U(-0.1, 0.1) (one draw for the kit)
+ROOM_LEVEL = 0.18       # RMS of the room's sound against the dry mid's (-15 dB)
+ROOM_SECONDS = 0.25     # length of the room's impulse response
+
+
+def pan_gains(pan):
+    """Constant-power pan law: (g_L, g_R) = (cos, sin) of (pan + 1) pi / 4, pan in [-1, 1] (left to right)."""
+    theta = (pan + 1.0) * np.pi / 4.0
+    return float(np.cos(theta)), float(np.sin(theta))
+
+
+def draw_pans(attrs, rng):
+    """The clip's pan positions, jittered around STEREO_PANS and DRUM_PANS (manifest attributes)."""
+    jitter = lambda: float(rng.uniform(-PAN_JITTER, PAN_JITTER))
+    pans = {"pan": round(float(np.clip(STEREO_PANS[attrs["instrument"]] + jitter(), -1, 1)), 3)}
+    kit = jitter()
+    if attrs["drums"]:
+        pans["drum_pans"] = {k: round(float(np.clip(v + kit, -1, 1)), 3) for k, v in DRUM_PANS.items()}
+    return pans
+
+
+def room_responses(rng, sample_rate):
+    """Two decorrelated impulse responses (L, R) of a small room: six early reflections at 5-40 ms
+    of random sign, then a diffuse tail of noise decaying with a 60 ms time constant; each scaled to
+    unit energy (ROOM_LEVEL sets the level)."""
+    n = int(ROOM_SECONDS * sample_rate)
+    t = np.arange(n) / sample_rate
+    out = []
+    for _ in range(2):
+        h = 0.5 * rng.standard_normal(n) * np.exp(-t / 0.06) * (t > 0.02)
+        for delay, gain in zip(rng.uniform(0.005, 0.04, 6), rng.uniform(0.3, 1.0, 6)):
+            h[int(delay * sample_rate)] += gain * rng.choice((-1.0, 1.0))
+        out.append(h / np.sqrt(np.sum(h ** 2)))
+    return out
+
+
+def render_stereo(tune, attrs, rng, space_rng, sample_rate=SAMPLE_RATE):
+    """A stereo clip: ((2, T) float32 L/R, melody, pans). The instrument and each drum at their pan
+    positions (constant power), plus a little room: the dry mid (L + R) / 2 through two
+    decorrelated impulse responses, one per channel. The mid has an RMS of 0.1 (as a mono clip),
+    both channels a peak <= 0.95. `rng` draws what a mono clip draws (the same notes and captions);
+    `space_rng` the pans and the room."""
+    from scipy.signal import fftconvolve
+    instrument, kit, melody = render_parts(tune, attrs, rng, sample_rate, split_kit=True)
+    pans = draw_pans(attrs, space_rng)
+    stereo = np.outer(pan_gains(pans["pan"]), instrument)                          # (2, T)
+    if kit:
+        scale = DRUM_LEVEL * _rms(instrument) / _rms(sum(kit.values()))
+        for name, track in kit.items():
+            stereo += scale * np.outer(pan_gains(pans["drum_pans"][name]), track)
+    n = stereo.shape[1]
+    mid = stereo.mean(axis=0)
+    room = np.stack([fftconvolve(mid, h)[:n] for h in room_responses(space_rng, sample_rate)])
+    stereo += ROOM_LEVEL * _rms(mid) / max(_rms(room), 1e-9) * room
+    stereo[:, -int(0.02 * sample_rate):] *= np.linspace(1.0, 0.0, int(0.02 * sample_rate))
+    stereo *= min(0.1 / _rms(stereo.mean(axis=0)), 0.95 / (np.abs(stereo).max() + 1e-9))
+    return stereo.astype(np.float32), melody, pans
 
 
 def _rms(x):
@@ -658,6 +732,7 @@ class ToyConfig:
     sample_rate: int = SAMPLE_RATE
     workers: int = 1        # processes synthesizing in parallel
     audio_format: str = "flac"  # "flac" (lossless, ~5x smaller) or "wav"; both 16-bit PCM
+    stereo: bool = False    # two-channel clips (render_stereo), pans in the attributes
 
 
 PRESETS = {"toy": {"seconds": 4.0}, "full": {"seconds": 30.0}}
@@ -666,7 +741,8 @@ _HELP = {"clips": "captioned clips (default 2000)",
          "seconds": "clip length in seconds (default 4 at --scale toy, 30 at full)",
          "seed": "random seed (default 0)", "sample_rate": "audio rate in Hz (default 24000)",
          "workers": "parallel processes (default 1)",
-         "audio_format": "flac (default, ~5x smaller) or wav; both 16-bit PCM"}
+         "audio_format": "flac (default, ~5x smaller) or wav; both 16-bit PCM",
+         "stereo": "two-channel clips: instruments and drums panned, a little room; pans in the manifest"}
 _CHOICES = {"audio_format": ("flac", "wav")}
 
 
@@ -675,7 +751,13 @@ def make_clip(index, labeled, config, tunes, out_dir):
     rng = np.random.default_rng([config.seed, int(labeled), index])
     tune = tunes[int(rng.integers(len(tunes)))]
     attrs = draw_attributes(rng, tune, config.seconds)
-    audio, melody = render_clip(tune, attrs, rng, config.sample_rate)
+    if config.stereo:
+        space_rng = np.random.default_rng([config.seed, int(labeled), index, 2])
+        audio, melody, pans = render_stereo(tune, attrs, rng, space_rng, config.sample_rate)
+        attrs.update(pans, channels=2)
+        audio = audio.T                                  # (T, 2) for soundfile
+    else:
+        audio, melody = render_clip(tune, attrs, rng, config.sample_rate)
     midi = [m for _, _, m in melody]
     attrs["note_range"] = [min(midi), max(midi)] if midi else None
     attrs["sample_rate"] = config.sample_rate
@@ -744,6 +826,9 @@ def add_arguments(parser):
                         help="preset clip length (default toy)")
     for field in fields(ToyConfig):
         flag = "--" + field.name.replace("_", "-")
+        if field.type is bool:
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=_HELP[field.name])
+            continue
         parser.add_argument(flag, type=field.type, default=None, help=_HELP[field.name],
                             choices=_CHOICES.get(field.name))
     parser.add_argument("--tunes", default=TUNES_PATH, help="parsed-tune JSON (assets/tunes.json)")
