@@ -53,7 +53,8 @@ from data import (MEL_FPS, Augmentation, draw_crop_length, fft_resample, log_mel
                   project_to_mel, random_crop)
 from unet1d import UNet1D, UNetConfig, count_parameters
 
-STAGES = ("wave-generator", "cascader", "spec-generator", "vocoder", "super-res")
+STAGES = ("wave-generator", "cascader", "spec-generator", "vocoder", "super-res", "stereo")
+STEREO = "stereo"       # the stereo super-res, an extension (not in the paper): see PRESETS["stereo"]
 SCALES = ("toy", "small", "full")
 
 FULL_TEXT_DIM = 1024    # T5-large / Flan-T5-large d_model, assumed: the paper does not name the T5 size
@@ -101,7 +102,8 @@ class StageSpec:
     (Tables 3 and 7). `stage_spec` builds it from the stage's row of PRESETS."""
     name: str
     # what the stage makes, and from what
-    output: str               # "wave" (B, 1, T) or "spec" (B, 80, frames)
+    output: str               # "wave" (B, channels, T) or "spec" (B, 80, frames)
+    channels: int             # audio channels it reads from the data and makes: 1, or 2 (stereo: mid, side)
     sample_rate: int          # rate of the output audio; for "spec", the audio rate of the log-mel
     frame_rate: int           # frames per second of the output sequence (= sample_rate for waves)
     token_len: int            # T5 tokens of the text prompt; 0 = no text route
@@ -180,6 +182,7 @@ _RECIPE = dict(
     clip_seconds=ByScale(toy=4.0, small=10.0, full=30.0),
     clip=diffusion.DEFAULT_CLIP_PERCENTILE,
     sampler="ancestral",
+    channels=1,
     keep_band=False,
     project=1.0,
 )
@@ -281,6 +284,34 @@ PRESETS = {
         steps=ByScale(toy=15, small=800, full=800),
         step_schedule="front-heavy", gamma=0.0, w=1.0,
         keep_band=True),                        # both scales; see keep_input_band
+    # Stereo super-res (not in the paper, whose cascade ends in mono): the mono 16 kHz output in,
+    # stereo 24 kHz out. The U-Net makes two channels, mid M = (L + R) / 2 and side S = (L - R) / 2,
+    # from the mono input, with super-res's U-Net and recipe otherwise (only in_channels = 2).
+    # Why mid and side rather than left and right: the mid is what the mono super-res makes (the
+    # mix-down of the training clip), so its band below 8 kHz is the input exactly (keep_input_band
+    # on the mid alone), and the mix-down (L + R) / 2 = M is the mono cascade's output by
+    # construction, whatever the side holds; the side is the one new thing the stage learns (the
+    # place of each sound, the room), and a centred source costs it nothing (S = 0). With L and R
+    # the network would have to make the same low band twice, and the mono output would only
+    # approximately survive a mix-down. L = M + S, R = M - S (mid_side_to_lr).
+    "stereo": dict(
+        _RECIPE, output="wave", sample_rate=24000, frame_rate=24000, cond_rate=16000, aligned=False,
+        token_len=0, channels=2,
+        unet=_unets(
+            toy=UNetConfig(base_dim=16, kernel_size=5, strides=(4, 4, 4), channel_mults=(1, 2, 4),
+                           blocks=(2, 2, 1), self_attn=(F,) * 3, cross_attn=(F,) * 3, heads=4,
+                           in_channels=2, cond_channels=1, aug_level=True),
+            full=UNetConfig(base_dim=256, kernel_size=7, strides=(4,) * 4, channel_mults=(1, 1, 2, 2),
+                            blocks=(4,) * 4, self_attn=(F,) * 4, cross_attn=(F,) * 4, heads=8,
+                            in_channels=2, cond_channels=1, aug_level=True)),
+        crop_seconds=_CROPS, loss_weighting="unit",
+        schedule=ByScale(toy=shifted("linear"), small="linear", full="linear"),
+        augmentation=Augmentation(t_max=1.0),
+        train_steps=ByScale(toy=2000, small=13_500, full=270_000),     # toy: ~40 min on one shared core
+        accumulate_to=ByScale(toy=0, small=512, full=4096),
+        steps=ByScale(toy=15, small=800, full=800),
+        step_schedule="front-heavy", gamma=0.0, w=1.0,
+        keep_band=True),                        # the mid's band; see keep_input_band
 }
 MEL_PROJECTION_PEAK = 0.9
 
@@ -359,19 +390,22 @@ def fit_length(x, length):
 def training_example(spec: StageSpec, wave, crop, rng):
     """One clip's training tensors for `spec`'s stage, as numpy arrays.
 
-    :param wave: the clip, float32 [T] at spec.sample_rate (the whole clip, uncropped).
+    :param wave: the clip, float32 [T] at spec.sample_rate (the whole clip, uncropped); [2 x T]
+        left and right for a stereo stage (spec.channels = 2).
     :param crop: the batch's crop length in samples (0 = the whole clip, the generators).
     :param rng: a numpy Generator for the crop position.
-    :return: dict with "x0" [C x T'] (audio or log-mel), and "cond" [1 x T'] (the up-sampled
-        low-fidelity audio of the cascaders) or "aligned" [80 x T'/160] (the vocoder's log-mel).
+    :return: dict with "x0" [C x T'] (audio, mid and side, or log-mel), and "cond" [1 x T'] (the
+        up-sampled low-fidelity audio of the cascaders; of the mid for stereo) or "aligned"
+        [80 x T'/160] (the vocoder's log-mel).
     """
     if not crop:                                            # generators: the whole clip
         wave = fit_length(wave, round(spec.clip_seconds * spec.sample_rate))
     if spec.output == "spec":
         return {"x0": log_mel(wave, spec.sample_rate)}      # (80, frames)
-    signals, hops = [wave[None]], [1]                       # (1, T)
-    if spec.cond_rate:
-        signals.append(low_fidelity(wave, spec.sample_rate, spec.cond_rate)[None])
+    x0 = lr_to_mid_side(wave) if spec.channels == 2 else wave[None]      # (C, T)
+    signals, hops = [x0], [1]
+    if spec.cond_rate:                                      # the input: the (mid's) low band
+        signals.append(low_fidelity(x0[0], spec.sample_rate, spec.cond_rate)[None])
         hops.append(1)
     if spec.aligned:
         signals.append(log_mel(wave, spec.sample_rate))     # (80, T // 160)
@@ -556,6 +590,33 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
     return x if given is None else given.keep_known(x)
 
 
+def lr_to_mid_side(x):
+    """[... x 2 x T] left, right -> mid (L + R) / 2, side (L - R) / 2 (numpy or torch)."""
+    left, right = x[..., 0:1, :], x[..., 1:2, :]
+    cat = np.concatenate if isinstance(x, np.ndarray) else torch.cat
+    return cat([(left + right) / 2, (left - right) / 2], -2)
+
+
+def mid_side_to_lr(x):
+    """[... x 2 x T] mid, side -> left M + S, right M - S: the inverse of lr_to_mid_side."""
+    mid, side = x[..., 0:1, :], x[..., 1:2, :]
+    cat = np.concatenate if isinstance(x, np.ndarray) else torch.cat
+    return cat([mid + side, mid - side], -2)
+
+
+def final_audio(x):
+    """The last stage's output as written: (B, 1, T) -> (B, T) mono; (B, 2, T) mid and side ->
+    (B, 2, T) left and right."""
+    return x[:, 0].cpu() if x.shape[1] == 1 else mid_side_to_lr(x).cpu()
+
+
+def pipeline_stages(pipeline, stages):
+    """The stage names of `pipeline` (PIPELINES); the last is the stereo super-res in place of
+    super-res when `stages` holds one (sample.py --stereo)."""
+    names = PIPELINES[pipeline]
+    return names[:2] + (STEREO,) if STEREO in stages else names
+
+
 def keep_input_band(out, cond, rate, cond_rate):
     """`out` with its spectrum below cond_rate / 2 (the input's Nyquist frequency) taken from `cond`.
 
@@ -564,8 +625,12 @@ def keep_input_band(out, cond, rate, cond_rate):
     low-frequency replacement of audio super-resolution models such as NU-Wave 2 and AudioSR;
     Noise2Music does not say). A diffusion model resynthesizes the whole signal, and the toy
     super-res adds onsets in the band it was given (bench/stage_tempo.py measures it);
-    `--super-res-keep-band 0` samples as the paper's wiring alone would.
+    `--super-res-keep-band 0` samples as the paper's wiring alone would. A stereo output
+    (B, 2, T) is mid and side: the mid alone takes the band, the side is left as made.
     """
+    if out.shape[-2] > cond.shape[-2]:                      # stereo: (B, 2, T) mid, side
+        mid = keep_input_band(out[..., :1, :], cond, rate, cond_rate)
+        return torch.cat([mid, out[..., 1:, :]], -2)
     T = out.shape[-1]
     low = torch.fft.rfftfreq(T, 1.0 / rate, device=out.device) < cond_rate / 2
     spectrum = torch.where(low, torch.fft.rfft(cond.double(), dim=-1), torch.fft.rfft(out.double(), dim=-1))
@@ -625,10 +690,10 @@ def second_stage(stage: StageModel, first: StageSpec, x1, text_encoder, prompts,
 
 def third_stage(stage: StageModel, x2, seconds, knob, generator, progress=None):
     """Super-resolution: 16 kHz audio (B, 1, T), FFT-up-sampled and stacked with x_t, no text ->
-    (B, 1, T') at 24 kHz."""
+    (B, 1, T') at 24 kHz, or (B, 2, T') mid and side for the stereo super-res."""
     n3 = round(seconds * 24000)
     cond = fft_resample(x2, 16000, 24000)[..., :n3]
-    return run_stage(stage, knob, (x2.shape[0], 1, n3), generator, progress=progress, cond=cond)
+    return run_stage(stage, knob, (x2.shape[0], stage.spec.channels, n3), generator, progress=progress, cond=cond)
 
 
 def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, device="cpu",
@@ -641,12 +706,13 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
     :param keep: a dict that receives each stage's output (3.2 kHz audio or log-mel, 16 kHz, 24 kHz audio)
         as soon as that stage ends (app.py shows them while the next stage runs).
     :param timings: a dict that receives each stage's wall-clock seconds.
-    :return: a (B, T) float tensor at 24 kHz.
+    :return: a (B, T) float tensor at 24 kHz; (B, 2, T) left and right when `stages` holds the
+        stereo super-res, which then takes super-res's place (pipeline_stages).
 
     Longer than the generator's training clip, the generator runs in overlapping windows
     (`audio_generate`'s long-form; overlap DEFAULT_OVERLAP, at most half a window).
     """
-    names = PIPELINES[pipeline]
+    names = pipeline_stages(pipeline, stages)
     first, second, third = (stages[n] for n in names)
     if seconds > first.spec.clip_seconds:
         task = AudioTask("long", overlap=min(DEFAULT_OVERLAP, first.spec.clip_seconds / 2))
@@ -667,7 +733,7 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
     done(names[1], x2)
     x3 = third_stage(third, x2, seconds, knobs[names[2]], gen, bar(names[2]))
     done(names[2], x3)
-    return x3[:, 0].cpu()
+    return final_audio(x3)
 
 
 def _stopwatch(timings):
@@ -895,7 +961,7 @@ def generate_later(stages, names, x1, seconds, generator, knobs, task, text2=Non
                        given=_known_at(task, 16000, n2), cond=cond, **text2)
     out[names[1]] = x2
     cond = fit_tensor(fft_resample(x2, 16000, 24000), n3)
-    out[names[2]] = run_stage(third, knobs[names[2]], (x2.shape[0], 1, n3), generator, progress=bar(2),
+    out[names[2]] = run_stage(third, knobs[names[2]], (x2.shape[0], third.spec.channels, n3), generator, progress=bar(2),
                               given=_known_at(task, 24000, n3), cond=cond)
     return out
 
@@ -919,7 +985,7 @@ def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs
     :param seconds: the output length for "long" and "continue" (0: see `task_seconds`).
     :return: a (B, T) float tensor at 24 kHz.
     """
-    names = PIPELINES["wave" if task.mode == "upsample" else pipeline]
+    names = pipeline_stages("wave" if task.mode == "upsample" else pipeline, stages)
     gen = torch.Generator().manual_seed(seed)
     B = len(prompts)
     unconditional = torch.tensor([p.strip() == "" for p in prompts])
@@ -945,12 +1011,13 @@ def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs
         keep.update({k: v.cpu() for k, v in later.items()})
         if x1 is not None:
             keep[names[0]] = x1.cpu()
-    return x3.expand(B, -1, -1)[:, 0].cpu()
+    return final_audio(x3.expand(B, -1, -1))
 
 
 if __name__ == "__main__":
     for scale in SCALES:
         for stage, n in parameter_counts(scale).items():
-            extra = f"  Table 2: {PAPER_PARAMS[stage] / 1e6:.1f}M ({n / PAPER_PARAMS[stage] - 1:+.1%})" if scale == "full" else ""
+            extra = (f"  Table 2: {PAPER_PARAMS[stage] / 1e6:.1f}M ({n / PAPER_PARAMS[stage] - 1:+.1%})"
+                     if scale == "full" and stage in PAPER_PARAMS else "")
             print(f"{scale:4s} {stage:15s} {n / 1e6:8.2f}M{extra}")
     print_presets()

@@ -347,8 +347,13 @@ class AudioError(Exception):
     """A file that cannot be used; the message is the reason shown to the user."""
 
 
-def decode_audio(path):
-    """Read any file soundfile reads: (float32 mono [T], sample rate); raise AudioError."""
+def decode_audio(path, channels=1):
+    """Read any file soundfile reads: (float32 audio, sample rate); raise AudioError.
+
+    channels=1: the mix-down, the mean of the file's channels, [T] (every stage of the paper);
+    channels=2: [2 x T] left and right (a stereo stage): a mono file's channel twice, a file of more
+    channels its first two.
+    """
     if not os.path.exists(path):
         raise AudioError("missing file")
     if os.path.getsize(path) == 0:
@@ -371,24 +376,27 @@ def decode_audio(path):
         raise AudioError("NaN or infinite samples")
     if np.abs(mono).max() < SILENCE_PEAK:
         raise AudioError("silent")
+    if channels == 2:
+        return np.ascontiguousarray(data[:, [0, min(1, data.shape[1] - 1)]].T), rate
     return mono, rate
 
 
-def _cache_path(cache_dir, path, sample_rate):
-    """Cache file for a decoded track, keyed by path, size, mtime and rate."""
+def _cache_path(cache_dir, path, sample_rate, channels=1):
+    """Cache file for a decoded track, keyed by path, size, mtime, rate (and channels, if not mono)."""
     st = os.stat(path)
-    key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{sample_rate}"
+    key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{sample_rate}" + (f"|{channels}" if channels != 1 else "")
     return os.path.join(cache_dir, hashlib.sha1(key.encode()).hexdigest() + ".npy")
 
 
-def load_track(path, sample_rate, cache_dir=None):
-    """A whole track as float32 mono at `sample_rate` (FFT-resampled whole); raise AudioError (also
-    for a track shorter than one 10 ms spectrogram hop, which no stage can use)."""
+def load_track(path, sample_rate, cache_dir=None, channels=1):
+    """A whole track as float32 at `sample_rate` (FFT-resampled whole), mono [T] or [2 x T] (see
+    decode_audio); raise AudioError (also for a track shorter than one 10 ms spectrogram hop, which
+    no stage can use)."""
     use_cache = cache_dir and os.path.exists(path)
-    cached = _cache_path(cache_dir, path, sample_rate) if use_cache else None
+    cached = _cache_path(cache_dir, path, sample_rate, channels) if use_cache else None
     if cached and os.path.exists(cached):
         return np.load(cached)
-    wave = resample_track(*decode_audio(path), sample_rate)
+    wave = resample_track(*decode_audio(path, channels), sample_rate)
     if cached:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = cached + f".{os.getpid()}.tmp.npy"
@@ -398,12 +406,12 @@ def load_track(path, sample_rate, cache_dir=None):
 
 
 def resample_track(mono, rate, sample_rate):
-    """A decoded mono track FFT-resampled whole to `sample_rate` (float32); AudioError for a track
-    shorter than one 10 ms spectrogram hop, which no stage can use."""
+    """A decoded track [... x T] FFT-resampled whole to `sample_rate` (float32); AudioError for a
+    track shorter than one 10 ms spectrogram hop, which no stage can use."""
     wave = fft_resample(np.asarray(mono, dtype=np.float64), rate, sample_rate).astype(np.float32)
     shortest = -(-sample_rate // MEL_FPS)         # one 10 ms log-mel hop: less makes no frame
-    if len(wave) < shortest:
-        raise AudioError(f"too short ({len(wave)} samples at {sample_rate} Hz; at least {shortest})")
+    if wave.shape[-1] < shortest:
+        raise AudioError(f"too short ({wave.shape[-1]} samples at {sample_rate} Hz; at least {shortest})")
     return wave
 
 
@@ -414,13 +422,13 @@ def split_clips(wave, sample_rate, clip_seconds=CLIP_SECONDS):
     clip is dropped (a 70 s track gives two 30 s clips).
     """
     n = int(round(clip_seconds * sample_rate))
-    if len(wave) <= n:
+    if wave.shape[-1] <= n:
         return [wave]
-    return [wave[k * n:(k + 1) * n] for k in range(len(wave) // n)]
+    return [wave[..., k * n:(k + 1) * n] for k in range(wave.shape[-1] // n)]
 
 
-def load_clips(entries, sample_rate, clip_seconds=CLIP_SECONDS, cache_dir=None, progress=True):
-    """Decode, mix down, resample and cut every manifest entry's audio.
+def load_clips(entries, sample_rate, clip_seconds=CLIP_SECONDS, cache_dir=None, progress=True, channels=1):
+    """Decode, mix down (unless channels=2: left and right), resample and cut every manifest entry's audio.
 
     A file that is missing, empty, truncated, not audio, holds NaN/inf or is silent is skipped;
     each such file is reported once on stderr (path and reason) with a count at the end.
@@ -428,6 +436,7 @@ def load_clips(entries, sample_rate, clip_seconds=CLIP_SECONDS, cache_dir=None, 
     :param entries: dicts from `read_manifest`.
     :param sample_rate: the stage's rate (STAGE_SAMPLE_RATES).
     :param cache_dir: where decoded and resampled tracks are cached as .npy (None: no cache).
+    :param channels: 1 (mono, every stage of the paper) or 2 (a stereo stage: [2 x T] clips).
     :return: (clips, skipped): clips a list of (entry, float32 [T] wave) with `clip_index` and
         `clip_start` added to a copy of the entry; skipped a list of (path, reason).
     """
@@ -436,7 +445,7 @@ def load_clips(entries, sample_rate, clip_seconds=CLIP_SECONDS, cache_dir=None, 
     for entry in tqdm(entries, desc=f"audio @ {sample_rate} Hz", disable=not progress,
                       leave=False):
         try:
-            wave = load_track(entry["audio"], sample_rate, cache_dir)
+            wave = load_track(entry["audio"], sample_rate, cache_dir, channels)
         except AudioError as e:
             skipped.append((entry["audio"], str(e)))
             continue

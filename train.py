@@ -53,6 +53,7 @@ from unet1d import UNet1D, UNetConfig, count_parameters
 
 FORMAT_VERSION = 1
 TOY_DATA = "toy_data/corpus"                 # the toy corpus, built on first use
+TOY_STEREO_DATA = "toy_data/stereo"          # its stereo rendering (data.py toy --stereo), for the stereo stage
 TOY_T5 = "checkpoints/toy/t5"                # the toy text encoder (text.py / pseudolabel.py)
 TOY_EXPORT = "checkpoints/toy"               # where `--stage all` writes the inference checkpoints
 PRESET = "default: the stage's preset at --scale (cascade.py)"
@@ -248,6 +249,8 @@ class MicroSteps(torch.utils.data.Sampler):
 def load_stage_clips(cfg, spec):
     """(clips, source): the stage's clips at its rate, from a prepared folder (read lazily) or a
     manifest (decoded into memory, cached on disk); the toy corpus by default."""
+    if cfg.data and os.path.isdir(cfg.data) and spec.channels != 1:
+        refuse(f"{cfg.data}: a prepared folder holds mono mix-downs; train the {spec.name} stage from a manifest")
     if cfg.data and os.path.isdir(cfg.data):
         try:
             clips = store.StoreClips(cfg.data, spec.sample_rate, spec.clip_seconds)
@@ -256,23 +259,26 @@ def load_stage_clips(cfg, spec):
         if not len(clips):
             refuse(f"no usable audio in {cfg.data} ({clips.meta['skipped']} files skipped)")
         return clips, cfg.data
-    manifest = cfg.data or os.path.join(TOY_DATA, "manifest.jsonl")
+    toy = TOY_STEREO_DATA if spec.channels == 2 else TOY_DATA
+    manifest = cfg.data or os.path.join(toy, "manifest.jsonl")
     if not cfg.data and not os.path.exists(manifest):
-        build_toy_corpus()
+        build_toy_corpus(stereo=spec.channels == 2)
     try:
         entries = data.read_manifest(manifest)
     except data.ManifestError as e:
         refuse(str(e))
     clips, skipped = data.load_clips(entries, spec.sample_rate, spec.clip_seconds, cache_dir=cache_folder(cfg, manifest),
-                                     progress=is_main())
+                                     progress=is_main(), channels=spec.channels)
     if not clips:
         refuse(f"no usable audio in {manifest} ({len(skipped)} files skipped)")
     return MemoryClips(clips), manifest
 
 
-def build_toy_corpus():
-    print(f"building the toy corpus in {TOY_DATA} (first use)")
-    data.main(["toy", "--out", TOY_DATA])
+def build_toy_corpus(stereo=False):
+    """The toy corpus (or its stereo rendering: the same clips, captions and seed) on first use."""
+    out = TOY_STEREO_DATA if stereo else TOY_DATA
+    print(f"building the toy corpus in {out} (first use)")
+    data.main(["toy", "--out", out] + (["--stereo", "--unlabeled", "0"] if stereo else []))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -423,9 +429,9 @@ def snapshot(cfg, spec, ema, batch, text_cache, step, losses, device):
         checks.atomic_write(base + ".npy", lambda tmp: _save_npy(tmp, mel))
         plots.save_spectrogram(base + ".png", mel, title)
     else:
-        wave = x[0, 0].clamp(-1, 1).cpu().numpy()
-        checks.atomic_write(base + ".wav", lambda tmp: sf.write(tmp, wave, spec.sample_rate, format="WAV"))
-        plots.save_wave_spectrogram(base + ".png", wave, spec.sample_rate, title)
+        audio = cascade.final_audio(x)[0].clamp(-1, 1).numpy()         # (T,), or (2, T) left, right
+        checks.atomic_write(base + ".wav", lambda tmp: sf.write(tmp, audio.T, spec.sample_rate, format="WAV"))
+        plots.save_wave_spectrogram(base + ".png", x[0, 0].clamp(-1, 1).cpu().numpy(), spec.sample_rate, title)
     plots.save_losses(os.path.join(cfg.out, f"{spec.name}_loss.png"), losses)
 
 
@@ -645,8 +651,8 @@ def main(argv=None):
 # wait for it, the vocoder (audio only) starts at once. Every stage trains on real audio (the
 # cascader's input is the real clip taken down to 3.2 kHz), so none waits for another, and the
 # chains are balanced by time: text 6 + wave generator ~85 + super-res 18 minutes against vocoder
-# 40 + spectrogram generator 36 + cascader 25.
-CHAINS = (("text", "wave-generator", "super-res"), ("vocoder", "spec-generator", "cascader"))
+# 40 + spectrogram generator 36 + cascader 25 + stereo super-res (on the stereo corpus) ~20.
+CHAINS = (("text", "wave-generator", "super-res"), ("vocoder", "spec-generator", "cascader", "stereo"))
 TEXT_STAGES = ("wave-generator", "cascader", "spec-generator")
 
 
@@ -656,6 +662,8 @@ def train_all(cfg):
     os.makedirs(cfg.out, exist_ok=True)
     if not cfg.data and not os.path.exists(os.path.join(TOY_DATA, "manifest.jsonl")):
         build_toy_corpus()
+    if not cfg.data and not os.path.exists(os.path.join(TOY_STEREO_DATA, "manifest.jsonl")):
+        build_toy_corpus(stereo=True)
     text_ready = TextReady()
     chains = [[s for s in chain if s != "text" or not cfg.t5] for chain in CHAINS]
     if cfg.t5:
