@@ -5,6 +5,7 @@
     python sample.py --prompts prompts.txt --out-dir outs/          # 000.wav, 001.wav, ...
     python sample.py "slow organ chorale" --save-stages --cascader-steps 80 --wave-generator-w 5
     python sample.py "fast flute melody" --seconds 30 --pipeline spec      # past the training length
+    python sample.py "flute and drums" --stereo                    # two-channel 24 kHz (stereo super-res)
     python sample.py "slow bass line" --continue mine.wav --seconds 12      # also --inpaint F --region A:B,
                                                                             # --init F --strength S, --upsample F
 
@@ -57,6 +58,8 @@ def build_parser():
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.add_argument("--save-stages", action="store_true", help="also write each stage's output as sound and picture")
+    p.add_argument("--stereo", action="store_true", help="end in the stereo super-res (stereo.pt; not in the paper): "
+                   "a two-channel 24 kHz WAV whose mix-down is the mono cascade's output; default mono")
     add_knob_flags(p)
     add_audio_flags(p)
     return p
@@ -149,6 +152,8 @@ def check_audio_args(args, p, argv=None):
         p.error(f"--seconds {args.seconds:g} must be longer than the --continue clip ({task.seconds:.3f} s)")
     if mode == "upsample":
         args.pipeline = "wave"
+    if args.stereo and mode in ("continue", "inpaint"):
+        p.error(f"--stereo does not go with {given[0]} (the given clip, kept exactly, is read as mono)")
     args.task = task
 
 
@@ -288,10 +293,14 @@ def _read_knobs(args):
 def load_models(args, parser, device):
     """The three stages of the pipeline and the text encoder named by the generator's checkpoint."""
     stages = {}
-    for name in cascade.PIPELINES[args.pipeline]:
+    names = cascade.PIPELINES[args.pipeline]
+    names = names[:2] + ((cascade.STEREO,) if args.stereo else names[2:])     # --stereo: the stereo super-res last
+    for name in names:
         path = os.path.join(args.ckpt_dir, f"{name}.pt")
         if not os.path.isfile(path):
             parser.error(f"missing checkpoint {path} (train it with `python train.py --stage {name}`)")
+    for name in names:
+        path = os.path.join(args.ckpt_dir, f"{name}.pt")
         try:
             stages[name] = cascade.StageModel(path, device, torch.bfloat16 if device.type == "cuda" else None, name)
         except checks.InputError as e:
@@ -335,6 +344,9 @@ def save_stages(base, keep, stages):
         spec = stages[name].spec
         if spec.output == "spec":
             plots.save_spectrogram(f"{base}_{name}.png", x.numpy(), name)
+        elif spec.channels == 2:        # mid and side: a stereo WAV, and the mid's picture
+            write_wave(f"{base}_{name}.wav", cascade.mid_side_to_lr(x).numpy().T, spec.sample_rate)
+            plots.save_wave_spectrogram(f"{base}_{name}.png", x[0].numpy(), spec.sample_rate, f"{name} (mid)")
         else:
             write_wave(f"{base}_{name}.wav", x[0].numpy(), spec.sample_rate)
             plots.save_wave_spectrogram(f"{base}_{name}.png", x[0].numpy(), spec.sample_rate, name)
@@ -374,7 +386,7 @@ def main(argv=None):
             parser.exit(2, f"{parser.prog}: error: {e} (try fewer extreme knobs, or check that checkpoint)\n")
         for i, wave in enumerate(audio):
             path = args.out_paths[start + i]
-            write_wave(path, wave.numpy(), 24000)
+            write_wave(path, wave.numpy().T, 24000)       # (T,) mono, or (T, 2) left, right
             if args.save_stages:
                 save_stages(os.path.splitext(path)[0], {k: v[i] for k, v in keep.items()}, stages)
             outputs.append(path)
