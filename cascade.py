@@ -5,6 +5,9 @@ Two pipelines share the last stage (Figure 1 of the paper, figure-cascade.png):
     waveform:     text -> wave-generator (3.2 kHz) -> cascader (16 kHz)  -> super-res (24 kHz)
     spectrogram:  text -> spec-generator (log-mel)  -> vocoder (16 kHz)   -> super-res (24 kHz)
 
+Either pipeline can end in the stereo super-res instead (`stereo`, not in the paper: PRESETS["stereo"]
+says how it works), which makes stereo 24 kHz audio whose mix-down is the mono 16 kHz output.
+
 This file holds everything that differs between stages and between scales, in one table
 (`PRESETS`): per stage, its U-Net (Table 8), its training recipe (Table 2, section 4.1) and its
 inference defaults (Tables 3 and 7); a setting that differs between scales is written
