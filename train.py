@@ -618,14 +618,14 @@ def load_text_encoder(path):
         refuse(str(e))
 
 
-def export_inference(run_dir, dest):
+def export_inference(run_dir, dest, stages=cascade.STAGES):
     """Inference checkpoints: EMA weights in float16, with model and optimizer left out (None).
 
     These are what ships in checkpoints/toy (20 MiB in all); sample.py reads them and full
-    training checkpoints alike, always using `ema`.
+    training checkpoints alike, always using `ema`. `stages`: which of the run's stages to export.
     """
     os.makedirs(dest, exist_ok=True)
-    for stage in cascade.STAGES:
+    for stage in stages:
         ckpt = load_checkpoint(os.path.join(run_dir, f"{stage}.pt"))
         slim = {k: ckpt[k] for k in ("format_version", "stage", "scale", "step", "config")}
         slim.update(model=None, optimizer=None, t5=os.path.relpath(ckpt["t5"], dest) if ckpt["t5"] else "",
