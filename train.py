@@ -115,6 +115,10 @@ def parse_args(argv=None):
         parser.error(f"--data {args.data}: no such file")
     if args.data and os.path.isdir(args.data) and not store.is_prepared(args.data):
         parser.error(f"--data {args.data}: not a finished prepared folder (python data.py prepare)")
+    if args.data and os.path.isdir(args.data) and args.stage in cascade.STAGES and \
+            cascade.stage_spec(args.stage).channels != 1:
+        parser.error(f"--data {args.data}: a prepared folder holds mono mix-downs; train the {args.stage} stage "
+                     "from a manifest")
     if args.data and os.path.isdir(args.data) and args.stage == "all":
         parser.error("--stage all reads a manifest (its text encoder trains on it), not a prepared folder")
     try:
@@ -249,8 +253,6 @@ class MicroSteps(torch.utils.data.Sampler):
 def load_stage_clips(cfg, spec):
     """(clips, source): the stage's clips at its rate, from a prepared folder (read lazily) or a
     manifest (decoded into memory, cached on disk); the toy corpus by default."""
-    if cfg.data and os.path.isdir(cfg.data) and spec.channels != 1:
-        refuse(f"{cfg.data}: a prepared folder holds mono mix-downs; train the {spec.name} stage from a manifest")
     if cfg.data and os.path.isdir(cfg.data):
         try:
             clips = store.StoreClips(cfg.data, spec.sample_rate, spec.clip_seconds)

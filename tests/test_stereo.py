@@ -107,6 +107,19 @@ def test_load_clips_keeps_left_and_right_only_when_asked(tmp_path):
     assert abs(ild_db(both) - 20 * np.log10(4)) < 0.01
 
 
+def test_training_the_stereo_stage_from_a_prepared_folder_is_refused(tmp_path):
+    """Prepared folders (store.py) hold mono mix-downs: one line, exit 2, before any work."""
+    import store
+    from tests.helpers import write_tone_manifest
+    manifest = write_tone_manifest(str(tmp_path / "tones"), n=2, seconds=1.0)
+    store.prepare(manifest, str(tmp_path / "prepared"), rates=(24000,), progress=False)
+    r = subprocess.run([sys.executable, "train.py", "--stage", "stereo", "--data", str(tmp_path / "prepared"),
+                        "--out", str(tmp_path / "run"), "--steps", "1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "mono" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "run" / "stereo.pt").exists()
+
+
 # ------------------------------------------------------------------------------------------------
 # Mid and side, and the stage's band
 
