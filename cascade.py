@@ -310,7 +310,7 @@ PRESETS = {
         crop_seconds=_CROPS, loss_weighting="unit",
         schedule=ByScale(toy=shifted("linear"), small="linear", full="linear"),
         augmentation=Augmentation(t_max=1.0),
-        train_steps=ByScale(toy=1500, small=13_500, full=270_000),     # toy: ~10 min on a free core
+        train_steps=ByScale(toy=1500, small=13_500, full=270_000),     # toy: 33 min on a busy 2-core CPU
         accumulate_to=ByScale(toy=0, small=512, full=4096),
         steps=ByScale(toy=15, small=800, full=800),
         step_schedule="front-heavy", gamma=0.0, w=1.0,
