@@ -239,7 +239,7 @@ def main():
                   f"bench/adherence.py's prompt pairs ({args.pairs} per kind), seed {args.seed}, batch {args.batch}; "
                   "the share of pairs the measure orders the right way round.", "",
                   "| pipeline | output | " + " | ".join(f"{k} ({adh.KINDS[k][1]} vs {adh.KINDS[k][2]})" for k in adh.KINDS)
-                  + " | max |mix-down - mono| |", "|---" * (len(adh.KINDS) + 3) + "|"]
+                  + " | max abs(mix-down - mono) |", "|---" * (len(adh.KINDS) + 3) + "|"]
         for pipeline in args.pipelines.split(","):
             mono_scores, stereo_scores, mono, stereo = adherence(args, pipeline, args.pairs)
             diff = max(float(np.abs(m - s).max()) for m, s in zip(mono, stereo))
