@@ -294,7 +294,8 @@ def load_models(args, parser, device):
     """The three stages of the pipeline and the text encoder named by the generator's checkpoint."""
     stages = {}
     names = cascade.PIPELINES[args.pipeline]
-    names = names[:2] + ((cascade.STEREO,) if args.stereo else names[2:])     # --stereo: the stereo super-res last
+    stereo = getattr(args, "stereo", False)      # callers (app.py, benches) may pass a Namespace without it
+    names = names[:2] + ((cascade.STEREO,) if stereo else names[2:])     # --stereo: the stereo super-res last
     for name in names:
         path = os.path.join(args.ckpt_dir, f"{name}.pt")
         if not os.path.isfile(path):
