@@ -58,6 +58,7 @@ from unet1d import UNet1D, UNetConfig, count_parameters
 
 STAGES = ("wave-generator", "cascader", "spec-generator", "vocoder", "super-res", "stereo")
 STEREO = "stereo"       # the stereo super-res, an extension (not in the paper): see PRESETS["stereo"]
+TABLE7_ROW = {STEREO: "super-res"}      # Table 7 has no stereo stage: it steps as super-res does
 SCALES = ("toy", "small", "full")
 
 FULL_TEXT_DIM = 1024    # T5-large / Flan-T5-large d_model, assumed: the paper does not name the T5 size
@@ -464,7 +465,7 @@ def resolve_sampling(spec: StageSpec, knobs: Sampling):
     steps = knobs.steps or spec.steps
     name = knobs.schedule or spec.step_schedule
     if name in diffusion.STEP_SCHEDULES:
-        deltas = diffusion.step_schedule(name, steps, stage=spec.name)
+        deltas = diffusion.step_schedule(name, steps, stage=TABLE7_ROW.get(spec.name, spec.name))
     else:
         deltas = diffusion.load_deltas(name)
     gamma = spec.gamma if knobs.gamma is None else knobs.gamma
@@ -613,11 +614,11 @@ def final_audio(x):
     return x[:, 0].cpu() if x.shape[1] == 1 else mid_side_to_lr(x).cpu()
 
 
-def pipeline_stages(pipeline, stages):
-    """The stage names of `pipeline` (PIPELINES); the last is the stereo super-res in place of
-    super-res when `stages` holds one (sample.py --stereo)."""
+def pipeline_stages(pipeline, stereo=False):
+    """The stage names of `pipeline` (PIPELINES); with `stereo`, the last is the stereo super-res in
+    place of super-res (sample.py --stereo)."""
     names = PIPELINES[pipeline]
-    return names[:2] + (STEREO,) if STEREO in stages else names
+    return names[:2] + (STEREO,) if stereo else names
 
 
 def keep_input_band(out, cond, rate, cond_rate):
@@ -700,7 +701,7 @@ def third_stage(stage: StageModel, x2, seconds, knob, generator, progress=None):
 
 
 def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, device="cpu",
-                     progress=None, keep=None, timings=None):
+                     progress=None, keep=None, timings=None, stereo=False):
     """Prompts in, 24 kHz audio out, through the three stages of `pipeline` (Figure 1).
 
     :param stages: {name: StageModel}; text_encoder: (tokenizer, encoder) of load_t5.
@@ -709,18 +710,18 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
     :param keep: a dict that receives each stage's output (3.2 kHz audio or log-mel, 16 kHz, 24 kHz audio)
         as soon as that stage ends (app.py shows them while the next stage runs).
     :param timings: a dict that receives each stage's wall-clock seconds.
-    :return: a (B, T) float tensor at 24 kHz; (B, 2, T) left and right when `stages` holds the
-        stereo super-res, which then takes super-res's place (pipeline_stages).
+    :param stereo: end in the stereo super-res (`stages` holds it) instead of super-res.
+    :return: a (B, T) float tensor at 24 kHz; (B, 2, T) left and right with `stereo`.
 
     Longer than the generator's training clip, the generator runs in overlapping windows
     (`audio_generate`'s long-form; overlap DEFAULT_OVERLAP, at most half a window).
     """
-    names = pipeline_stages(pipeline, stages)
+    names = pipeline_stages(pipeline, stereo)
     first, second, third = (stages[n] for n in names)
     if seconds > first.spec.clip_seconds:
         task = AudioTask("long", overlap=min(DEFAULT_OVERLAP, first.spec.clip_seconds / 2))
         return audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, task,
-                              device, progress, keep, timings)
+                              device, progress, keep, timings, stereo)
     gen = torch.Generator().manual_seed(seed)
     bar = lambda name: progress and progress(name)
     lap = _stopwatch(timings)
@@ -980,7 +981,7 @@ def task_seconds(task, seconds, generator_seconds):
 
 
 def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, task: AudioTask,
-                   device="cpu", progress=None, keep=None, timings=None):
+                   device="cpu", progress=None, keep=None, timings=None, stereo=False):
     """Prompts (and the task's audio) in, 24 kHz audio out: `cascade_generate` for the audio-in modes.
 
     :param stages: {name: StageModel} of `pipeline` (up-sampling: of the waveform path).
@@ -988,7 +989,7 @@ def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs
     :param seconds: the output length for "long" and "continue" (0: see `task_seconds`).
     :return: a (B, T) float tensor at 24 kHz.
     """
-    names = pipeline_stages("wave" if task.mode == "upsample" else pipeline, stages)
+    names = pipeline_stages("wave" if task.mode == "upsample" else pipeline, stereo)
     gen = torch.Generator().manual_seed(seed)
     B = len(prompts)
     unconditional = torch.tensor([p.strip() == "" for p in prompts])

@@ -183,7 +183,6 @@ TABLE7 = {
     "vocoder": [0.05 / 50] * 50 + [0.15 / 30] * 30 + [0.3 / 15] * 15 + [0.5 / 5] * 5,
     "super-res": [0.05 / 400] * 400 + [0.15 / 200] * 200 + [0.3 / 150] * 150 + [0.5 / 50] * 50,
 }
-TABLE7["stereo"] = TABLE7["super-res"]      # the stereo super-res (not in the paper) follows super-res's list
 # Table 7, spectrogram generator, "back heavy eval": the back-heavy list as modified for the
 # final evaluation (already back-heavy: the big steps come first, near t = 0).
 TABLE7_SPEC_EVAL = [0.3 / 50] * 50 + [0.3 / 150] * 150 + [0.2 / 300] * 300 + [0.2 / 500] * 500

@@ -379,10 +379,12 @@ def main(argv=None):
             with torch.inference_mode():
                 if task is None:
                     audio = cascade.cascade_generate(stages, text_encoder, batch, args.pipeline, seconds,
-                                                     args.seed + start, args.knobs, device, progress, keep)
+                                                     args.seed + start, args.knobs, device, progress, keep,
+                                                     stereo=args.stereo)
                 else:
                     audio = cascade.audio_generate(stages, text_encoder, batch, args.pipeline, args.seconds,
-                                                   args.seed + start, args.knobs, task, device, progress, keep)
+                                                   args.seed + start, args.knobs, task, device, progress, keep,
+                                                   stereo=args.stereo)
         except FloatingPointError as e:     # NaN or infinity from a stage: say which, write nothing
             parser.exit(2, f"{parser.prog}: error: {e} (try fewer extreme knobs, or check that checkpoint)\n")
         for i, wave in enumerate(audio):

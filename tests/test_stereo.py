@@ -178,7 +178,8 @@ def test_stereo_cascade_channels_length_and_mid_is_the_16khz_output(ckpts, secon
     encoder = text.load_t5(stages["wave-generator"].t5)
     knobs = {s: cascade.Sampling(steps=2) for s in cascade.STAGES}
     keep = {}
-    out = cascade.cascade_generate(stages, encoder, ["a flute", "drums"], "wave", seconds, 0, knobs, keep=keep)
+    out = cascade.cascade_generate(stages, encoder, ["a flute", "drums"], "wave", seconds, 0, knobs, keep=keep,
+                                   stereo=True)
     n3 = round(seconds * 24000)
     assert out.shape == (2, 2, n3) and torch.isfinite(out).all()
     mid = out.mean(dim=1).numpy()                                   # the mix-down (L + R) / 2
@@ -188,14 +189,16 @@ def test_stereo_cascade_channels_length_and_mid_is_the_16khz_output(ckpts, secon
 
 
 def test_mono_cascade_is_unchanged_by_the_stereo_stage(ckpts):
-    """Without the stereo stage the cascade's output is mono (B, T), as before it existed."""
+    """Without --stereo the cascade's output is mono (B, T), as before the stage existed, even with
+    the stereo stage loaded beside the others."""
     import text
-    stages = _stages(ckpts, cascade.PIPELINES["wave"])
+    stages = _stages(ckpts, cascade.PIPELINES["wave"] + (cascade.STEREO,))
     encoder = text.load_t5(stages["wave-generator"].t5)
     knobs = {s: cascade.Sampling(steps=2) for s in cascade.STAGES}
     out = cascade.cascade_generate(stages, encoder, ["a flute"], "wave", 0.5, 0, knobs)
     assert out.shape == (1, 12000)
-    assert cascade.pipeline_stages("spec", stages) == cascade.PIPELINES["spec"]
+    assert cascade.pipeline_stages("spec") == cascade.PIPELINES["spec"]
+    assert cascade.pipeline_stages("spec", stereo=True)[-1] == cascade.STEREO
 
 
 @pytest.mark.parametrize("pipeline", ["wave", "spec"])
