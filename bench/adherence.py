@@ -62,6 +62,23 @@ def prompt_pairs(n):
     return pairs
 
 
+def fresh_prompt_pairs(n):
+    """Like `prompt_pairs`, in other phrasings (and another cycle of the other words): for checking
+    settings that were chosen on `prompt_pairs`, on prompts that took no part in choosing them."""
+    pairs = {k: [] for k in KINDS}
+    for i in range(n):
+        inst, mode = INSTRUMENTS[(i + 1) % 3], ("minor", "major")[i // 2 % 2]
+        tempo = ("slow", "fast")[(i + 1) % 2]
+        drums = ("played solo", "over drums")[i // 3 % 2]
+        pairs["tempo"].append((f"{inst} music at a fast tempo, {mode} mode, {drums}",
+                               f"{inst} music at a slow tempo, {mode} mode, {drums}"))
+        pairs["register"].append((f"{mode} mode flute music, {tempo}, {drums}",
+                                  f"{mode} mode bass music, {tempo}, {drums}"))
+        pairs["drums"].append((f"{tempo} {mode} {inst} piece with drums",
+                               f"{tempo} {mode} {inst} piece, solo"))
+    return pairs
+
+
 # The corpus attribute behind each kind: (attribute, value of the higher word, of the lower word)
 ATTRIBUTES = {"tempo": ("tempo", "fast", "slow"), "register": ("instrument", "flute", "bass"), "drums": ("drums", True, False)}
 
@@ -222,6 +239,8 @@ def main():
     p.add_argument("--pipelines", default="wave,spec")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="the other phrasings (fresh_prompt_pairs), for a check on "
+                   "prompts not used to choose settings")
     p.add_argument("--out", default="bench/results_adherence.md")
     p.add_argument("--from-real", type=int, default=0,
                    help="also run the cascader / vocoder on this many real pairs per kind (their own fidelity)")
@@ -237,7 +256,8 @@ def main():
     moved = [f"--{stage}-{name} {value:g}" if isinstance(value, float) else f"--{stage}-{name} {value}"
              for stage, knob in args.knobs.items() for name, value in vars(knob).items() if value is not None]
     torch.set_num_threads(args.threads)
-    lines = [f"# Prompt adherence of {args.ckpt_dir} ({args.pairs} pairs per kind)", ""]
+    lines = [f"# Prompt adherence of {args.ckpt_dir} ({args.pairs} pairs per kind"
+             + (", fresh phrasings" if args.fresh else "") + f", seed {args.seed})", ""]
     if moved:
         lines += ["Sampling knobs off Table 3's defaults: " + " ".join(moved), ""]
     if os.path.isdir(args.corpus):
@@ -250,7 +270,7 @@ def main():
                   "| kind | ordered correctly | with hiss | Griffin-Lim of the log-mel |", "|---|---|---|---|"]
         lines += [f"| {k} ({KINDS[k][1]} vs {KINDS[k][2]}) | {v:.0%} | {noisy[k]:.0%} | {rendered[k]:.0%} |"
                   for k, v in real.items()] + [""]
-    pairs = prompt_pairs(args.pairs)
+    pairs = (fresh_prompt_pairs if args.fresh else prompt_pairs)(args.pairs)
     lines += ["Generated pairs (one word changed; each clip its own noise):", "", "| pipeline | " + " | ".join(
         f"{k} ({KINDS[k][1]} vs {KINDS[k][2]})" for k in KINDS) + " | finite | not silent | max clipped | length ok |",
         "|---" * (len(KINDS) + 5) + "|"]
