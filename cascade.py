@@ -130,7 +130,8 @@ class StageSpec:
     ema_decay: float          # EMA of the weights, which the sampler uses
     # sampling (Tables 3 and 7; sample.py)
     sampler: str              # a name of diffusion.SAMPLERS: "ancestral" (eq. 4, the paper's), "ddim", "dpmpp-2m"
-    steps: int                # denoising steps
+    steps: int                # denoising steps of eq. 4 (also audio in, which always samples with eq. 4)
+    ode_steps: int            # denoising steps of the ODE samplers (ddim, dpmpp-2m); 0 = `steps`
     step_schedule: str        # Table 3: "front-heavy" / "back-heavy" / "uniform"
     gamma: float              # Table 3 stochasticity of eq. 4
     w: float                  # Table 3 CFG scale (1 = no guidance)
@@ -187,6 +188,7 @@ _RECIPE = dict(
     clip=diffusion.DEFAULT_CLIP_PERCENTILE,
     sampler="ancestral",
     channels=1,
+    ode_steps=0,
     keep_band=False,
     project=1.0,
 )
@@ -460,9 +462,14 @@ def resolve_sampler(spec: StageSpec, knobs: Sampling):
     return name
 
 
-def resolve_sampling(spec: StageSpec, knobs: Sampling):
-    """(deltas, gamma, w, percentile) for a stage: the user's knobs over Table 3's defaults."""
-    steps = knobs.steps or spec.steps
+def resolve_sampling(spec: StageSpec, knobs: Sampling, sampler=None):
+    """(deltas, gamma, w, percentile) for a stage: the user's knobs over Table 3's defaults.
+
+    The default number of steps depends on the sampler (`sampler`, else `resolve_sampler`): eq. 4
+    takes spec.steps, the ODE samplers spec.ode_steps where set.
+    """
+    sampler = sampler or resolve_sampler(spec, knobs)
+    steps = knobs.steps or (spec.ode_steps if sampler != "ancestral" and spec.ode_steps else spec.steps)
     name = knobs.schedule or spec.step_schedule
     if name in diffusion.STEP_SCHEDULES:
         deltas = diffusion.step_schedule(name, steps, stage=TABLE7_ROW.get(spec.name, spec.name))
@@ -551,9 +558,9 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
 
     The sampler is eq. 4 (`diffusion.sample`) unless the stage's preset or knobs name another
     (`resolve_sampler`); CFG and clipping wrap eps_fn, so every sampler sees the guided, clipped x_0.
-    With `given` (audio in: known regions, SDEdit) the stage always samples with eq. 4, whatever the
-    sampler knob says: replacement and RePaint re-noise x_s at every step, which a deterministic
-    multistep solver does not expect.
+    With `given` (audio in: known regions, SDEdit) the stage always samples with eq. 4 at its eq. 4
+    step count, whatever the sampler knob says: replacement and RePaint re-noise x_s at every step,
+    which a deterministic multistep solver does not expect.
 
     The vocoder, with a projection time below 1 (StageSpec.project, Sampling.project), replaces each
     x_0 estimate at t above it by its projection onto the log-mel's magnitude (`mel_projection`).
@@ -562,7 +569,8 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
     :param given: a `Given` (audio in: a known region or an SDEdit start), or None.
     """
     spec = stage.spec
-    deltas, gamma, w, percentile = resolve_sampling(spec, knobs)
+    sampler = "ancestral" if given is not None else resolve_sampler(spec, knobs)
+    deltas, gamma, w, percentile = resolve_sampling(spec, knobs, sampler)
     drop = unconditional.to(stage.device) if unconditional is not None and text is not None else None
     keep = spec.keep_band if knobs.keep_band is None else bool(knobs.keep_band)
     clean = route.get("cond") if keep and spec.cond_rate else None
@@ -584,8 +592,7 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
     if mel is not None:
         eps = diffusion.projected_eps_fn(eps, spec.schedule, mel_projection(mel), project)
     if given is None:
-        x = diffusion.run_sampler(resolve_sampler(spec, knobs), eps, x_T, deltas, spec.schedule, gamma, generator,
-                                  progress)
+        x = diffusion.run_sampler(sampler, eps, x_T, deltas, spec.schedule, gamma, generator, progress)
     else:
         x = given.sample(eps, x_T, deltas, spec.schedule, gamma, generator, progress)
     if not torch.isfinite(x).all():             # an error naming the stage, never a silent WAV

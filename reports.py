@@ -109,7 +109,8 @@ def run_results(cfg: ResultsConfig):
         rows[name] = {**score(embedders, stage_mels(spec, second.x, window), ref),
                       "seconds_per_clip": (first.seconds + second.seconds) / cfg.n}
         if not untrained:
-            steps.update({s: {"trained_steps": m.step, "sampling_steps": knobs[s].steps or m.spec.steps,
+            steps.update({s: {"trained_steps": m.step, "sampling_steps": len(cascade.resolve_sampling(m.spec, knobs[s])[0]),
+                              "sampler": cascade.resolve_sampler(m.spec, knobs[s]),
                               "seconds_per_clip": round(out.seconds / cfg.n, 3)}
                           for (s, m), out in zip(models.items(), (first, second))})
         _log(f"results: {name}: {json.dumps({k: round(v, 4) for k, v in rows[name].items()})}")
@@ -219,7 +220,8 @@ def sweep(spec, base_steps):
 
 def resolved(spec, knob):
     """(steps, schedule, w) that a stage's Sampling knobs resolve to."""
-    return knob.steps or spec.steps, knob.schedule or spec.step_schedule, spec.w if knob.w is None else knob.w
+    steps = len(cascade.resolve_sampling(spec, knob)[0])      # the sampler's own default steps
+    return steps, knob.schedule or spec.step_schedule, spec.w if knob.w is None else knob.w
 
 
 def run_ablations(cfg: AblationConfig):

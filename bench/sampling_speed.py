@@ -46,6 +46,10 @@ def eq4_knobs():
     return {s: cascade.Sampling(sampler="ancestral", steps=n) for s, n in TABLE3_TOY_STEPS.items()}
 
 
+def default_steps(stage):
+    return len(cascade.resolve_sampling(cascade.stage_spec(stage), cascade.Sampling())[0])
+
+
 def default_knobs():
     return {s: cascade.Sampling() for s in cascade.STAGES}
 
@@ -155,7 +159,7 @@ def main():
     print("\n".join(lines), flush=True)
     settings = {"eq4": ("eq. 4 (ancestral), Table 3's toy steps " + "/".join(str(v) for v in TABLE3_TOY_STEPS.values()),
                         eq4_knobs()),
-                "defaults": ("defaults: " + ", ".join(f"{s} {cascade.stage_spec(s).sampler} {cascade.stage_spec(s).steps}"
+                "defaults": ("defaults: " + ", ".join(f"{s} {cascade.stage_spec(s).sampler} {default_steps(s)}"
                                                       for s in cascade.STAGES), default_knobs())}
     for pipeline in args.pipelines.split(","):
         stages, encoder = sample.load_models(argparse.Namespace(pipeline=pipeline, ckpt_dir=args.ckpt_dir),

@@ -218,3 +218,27 @@ def test_mel_projection_limits_the_peak():
     assert float(out[0].abs().max()) == pytest.approx(cascade.MEL_PROJECTION_PEAK, rel=1e-5)
     plain = data.project_to_mel(x0, mel)
     assert float(plain[0].abs().max()) > 2 and torch.allclose(out[1], plain[1])
+
+
+def test_the_sampler_knob_picks_the_sampler_and_its_steps(ckpts, monkeypatch):
+    """--STAGE-sampler reaches run_stage with the step count of that sampler (ode_steps for the ODE
+    samplers where the preset sets it); audio in (a Given) samples with eq. 4 whatever the knob."""
+    args, _ = sample.parse_args(["x", "--cascader-sampler", "dpmpp-2m", "--super-res-sampler", "ddim"])
+    assert args.knobs["cascader"].sampler == "dpmpp-2m" and args.knobs["wave-generator"].sampler is None
+    for scale in ("toy", "full"):
+        assert cascade.stage_spec("wave-generator", scale).sampler in diffusion.SAMPLERS
+        for stage in cascade.STAGES:      # the paper's eq. 4 at full scale, its steps when named at toy
+            spec = cascade.stage_spec(stage, scale)
+            assert scale == "toy" or spec.sampler == "ancestral"
+            eq4 = cascade.resolve_sampling(spec, cascade.Sampling(sampler="ancestral"))[0]
+            assert len(eq4) == spec.steps
+    stage = cascade.StageModel(os.path.join(ckpts, "super-res.pt"))
+    seen = []
+    monkeypatch.setattr(diffusion, "run_sampler", lambda name, eps, x_T, deltas, *a: (seen.append((name, len(deltas))), x_T)[1])
+    monkeypatch.setattr(diffusion, "known_region_sample", lambda eps, x_T, deltas, *a: (seen.append(("given", len(deltas))), x_T)[1])
+    cond = torch.zeros(1, 1, 240)
+    for name in diffusion.SAMPLERS:
+        cascade.run_stage(stage, cascade.Sampling(sampler=name, steps=3), (1, 1, 240), torch.Generator(), cond=cond)
+    given = cascade.Given(known=torch.zeros(1, 1, 240), mask=torch.ones(1, 1, 240, dtype=torch.bool))
+    cascade.run_stage(stage, cascade.Sampling(sampler="dpmpp-2m"), (1, 1, 240), torch.Generator(), cond=cond, given=given)
+    assert seen == [(n, 3) for n in diffusion.SAMPLERS] + [("given", stage.spec.steps)]
