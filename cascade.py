@@ -192,6 +192,15 @@ _RECIPE = dict(
     keep_band=False,
     project=1.0,
 )
+# Toy stages sample with DPM-Solver++(2M) (Lu et al. 2022; diffusion.dpmpp_2m_sample) at these step
+# counts; `steps` stays eq. 4's (audio in, `--STAGE-sampler ancestral`). Chosen on bench/adherence.py's
+# prompts at seed 0 (bench/results_sampling.md): the path's pairs stayed at 90% or more per kind at
+# about a quarter of the CPU time. `small` and `full` keep the paper's eq. 4.
+def _toy_ode(steps):
+    return dict(sampler=ByScale(toy="dpmpp-2m", small="ancestral", full="ancestral"),
+                ode_steps=ByScale(toy=steps, small=0, full=0))
+
+
 # The cascaders' and the vocoder's crops: 3-4 s at full (super-res: not stated, the cascader's), and
 # the same share of a 4 s toy clip.
 _CROPS = ByScale(toy=(0.4, 0.533), small=(1.0, 1.333), full=(3.0, 4.0))
@@ -213,7 +222,7 @@ PRESETS = {
         train_steps=ByScale(toy=5500, small=25_000, full=1_600_000),
         accumulate_to=ByScale(toy=0, small=256, full=2048),
         steps=ByScale(toy=200, small=1000, full=1000),      # toy: chosen by bench/adherence.py (tempo pairs)
-        step_schedule="front-heavy", gamma=0.0, w=10.0),
+        step_schedule="front-heavy", gamma=0.0, w=10.0, **_toy_ode(50)),
     "cascader": dict(
         _RECIPE, output="wave", sample_rate=16000, frame_rate=16000, cond_rate=3200, aligned=False,
         token_len=ByScale(toy=32, small=64, full=64),
@@ -230,7 +239,7 @@ PRESETS = {
         train_steps=ByScale(toy=3000, small=35_000, full=460_000),
         accumulate_to=ByScale(toy=0, small=256, full=2048),
         steps=ByScale(toy=40, small=800, full=800),        # toy: chosen by bench/adherence.py
-        step_schedule="front-heavy", gamma=1.0, w=5.0),
+        step_schedule="front-heavy", gamma=1.0, w=5.0, **_toy_ode(8)),
     "spec-generator": dict(
         _RECIPE, output="spec", sample_rate=16000, frame_rate=MEL_FPS, cond_rate=0, aligned=False,
         token_len=ByScale(toy=48, small=96, full=96),
@@ -248,7 +257,7 @@ PRESETS = {
         train_steps=ByScale(toy=5000, small=100_000, full=1_800_000),
         accumulate_to=ByScale(toy=0, small=256, full=2048),
         steps=ByScale(toy=50, small=2000, full=2000),
-        step_schedule="back-heavy", gamma=0.0,
+        step_schedule="back-heavy", gamma=0.0, **_toy_ode(50),
         w=ByScale(toy=3.0, small=5.0, full=5.0),           # toy: the log-mels follow their prompts better at w = 3
         # No dynamic clipping: it divides a saturated estimate towards 0, which for a log-mel is
         # -40 dB, and fills the silence (the floor, -1) with a haze; the paper gives no percentile.
@@ -269,7 +278,7 @@ PRESETS = {
         train_steps=ByScale(toy=6000, small=100_000, full=840_000),
         accumulate_to=ByScale(toy=0, small=256, full=2048),
         steps=ByScale(toy=25, small=100, full=100),
-        step_schedule="front-heavy", gamma=0.0, w=1.0,
+        step_schedule="front-heavy", gamma=0.0, w=1.0, **_toy_ode(8),
         # toy: mel projection (GLA-Grad, Liu et al. 2024) at every step; see mel_projection.
         project=ByScale(toy=0.0, small=1.0, full=1.0)),
     "super-res": dict(
@@ -288,7 +297,7 @@ PRESETS = {
         train_steps=ByScale(toy=3000, small=13_500, full=270_000),
         accumulate_to=ByScale(toy=0, small=512, full=4096),
         steps=ByScale(toy=15, small=800, full=800),
-        step_schedule="front-heavy", gamma=0.0, w=1.0,
+        step_schedule="front-heavy", gamma=0.0, w=1.0, **_toy_ode(5),
         keep_band=True),                        # both scales; see keep_input_band
     # Stereo super-res (not in the paper, whose cascade ends in mono): the mono 16 kHz output in,
     # stereo 24 kHz out. The U-Net makes two channels, mid M = (L + R) / 2 and side S = (L - R) / 2,

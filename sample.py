@@ -11,8 +11,8 @@
 
 Defaults follow Table 3 (step schedule, gamma, CFG scale w per stage) with the step counts of the
 checkpoint's scale (Table 7's lengths at full scale, fewer for the toy models); the sampler is
-eq. 4 (diffusion.sample) on the EMA weights, with classifier-free guidance followed by dynamic
-clipping of the implied x_0 (not for the spectrogram generator: cascade.py says why). The toy
+eq. 4 (diffusion.sample) at full scale and DPM-Solver++(2M) for the toy models (`--STAGE-sampler`),
+on the EMA weights, with classifier-free guidance followed by dynamic clipping of the implied x_0 (not for the spectrogram generator: cascade.py says why). The toy
 vocoder also projects each x_0 estimate onto its log-mel's magnitude (`--vocoder-project`; not in
 the paper: cascade.mel_projection). Same prompt, seed and settings give the same
 audio on one machine.

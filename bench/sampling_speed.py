@@ -17,6 +17,10 @@ bench/unet_speed.py does for training.
 
 --prompts30 also runs `sample.py --prompts FILE` on 30 four-second prompts per path as a child
 process, at sample.py's defaults, and reports its wall time and its CPU time (user + system).
+
+--backends times one cascader model call (the CFG batch of one 4 s clip) in float32 under no_grad
+and under inference_mode, under bfloat16 autocast, and compiled by torch.compile (after its
+compile time), in CPU time of this thread.
 """
 import argparse
 import os
@@ -125,6 +129,38 @@ def conv_reference_rate(repeats=5):
     return counter.get_total_flops() / best
 
 
+def backends(ckpt_dir, repeats=3):
+    """Lines: CPU seconds of one cascader call (batch 2 = CFG of one clip, 4 s at 16 kHz) per way of running it."""
+    stage = cascade.StageModel(os.path.join(ckpt_dir, "cascader.pt"), stage="cascader")
+    m, B, T = stage.model, 2, 64000
+    x, t = torch.randn(B, 1, T), torch.rand(B)
+    kw = dict(cond=0.1 * torch.randn(B, 1, T), text=torch.randn(B, stage.spec.token_len, m.config.text_dim),
+              text_mask=torch.ones(B, stage.spec.token_len, dtype=torch.bool), aug_t=torch.zeros(B))
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            fn()
+            times.append(time.thread_time() - t0)
+        return min(times)
+    lines = []
+    with torch.no_grad():
+        lines.append(f"| float32, no_grad | {best(lambda: m(x, t, **kw)):.3f} |")
+    with torch.inference_mode():
+        lines.append(f"| float32, inference_mode | {best(lambda: m(x, t, **kw)):.3f} |")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lines.append(f"| bfloat16 autocast, inference_mode | {best(lambda: m(x, t, **kw)):.3f} |")
+    compiled = torch.compile(m, dynamic=False)
+    with torch.no_grad():
+        t0 = time.process_time()
+        compiled(x, t, **kw)
+        lines.append(f"| torch.compile, no_grad (compiling took {time.process_time() - t0:.0f} s CPU) | "
+                     f"{best(lambda: compiled(x, t, **kw)):.3f} |")
+    return lines
+
+
 def prompts30(ckpt_dir, pipeline, out_dir):
     """(wall s, CPU s) of sample.py on 30 four-second prompts, as a child process."""
     path = os.path.join(out_dir, "prompts.txt")
@@ -148,6 +184,7 @@ def main():
     p.add_argument("--pipelines", default="wave,spec")
     p.add_argument("--settings", default="eq4,defaults", help="which of eq4 (Table 3's eq. 4, before) and defaults")
     p.add_argument("--prompts30", action="store_true", help="also time sample.py on 30 four-second prompts per path")
+    p.add_argument("--backends", action="store_true", help="also time one cascader call in bfloat16 and compiled")
     p.add_argument("--out", default=None, help="also write the report here")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -181,6 +218,10 @@ def main():
                 wall, cpu = prompts30(args.ckpt_dir, pipeline, tmp)
                 lines.append(f"| {pipeline} | {wall:.0f} | {cpu:.0f} |")
                 print(lines[-1], flush=True)
+    if args.backends:
+        lines += ["", "One cascader model call, CPU s (batch 2 x 64,000 samples):", "", "| how | s |", "|---|---|"]
+        lines += backends(args.ckpt_dir)
+        print("\n".join(lines[-4:]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")
