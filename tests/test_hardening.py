@@ -263,7 +263,7 @@ def test_a_stage_that_makes_nan_is_named(monkeypatch):
     import cascade
     import diffusion
     stage = cascade.StageModel(os.path.join(ROOT, "checkpoints", "toy", "super-res.pt"))
-    monkeypatch.setattr(diffusion, "sample", lambda eps, x_T, *a, **k: x_T * math.nan)
+    monkeypatch.setattr(diffusion, "run_sampler", lambda name, eps, x_T, *a, **k: x_T * math.nan)
     with pytest.raises(FloatingPointError, match="super-res stage produced NaN"):
         cascade.run_stage(stage, cascade.Sampling(steps=1), (1, 1, 240), torch.Generator(), cond=torch.zeros(1, 1, 240))
 
