@@ -50,16 +50,19 @@ def inputs(cfg, spec, batch, device):
 
 
 def timed(fn, repeats, device):
+    """Best of `repeats` runs: wall time on a GPU; on the CPU, this process's CPU time, which other
+    jobs on a shared machine stretch far less than wall time (run at one thread)."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     fn()                                              # warm-up
     best = float("inf")
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
