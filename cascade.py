@@ -194,8 +194,9 @@ _RECIPE = dict(
 )
 # Toy stages sample with DPM-Solver++(2M) (Lu et al. 2022; diffusion.dpmpp_2m_sample) at these step
 # counts; `steps` stays eq. 4's (audio in, `--STAGE-sampler ancestral`). Chosen on bench/adherence.py's
-# prompts at seed 0 (bench/results_sampling.md): the path's pairs stayed at 90% or more per kind at
-# about a quarter of the CPU time. `small` and `full` keep the paper's eq. 4.
+# prompts at seed 0 (bench/results_sampling.md): each path's pairs stayed at 90% or more per kind, at
+# a quarter (waveform path) and under half (spectrogram path) of eq. 4's CPU time. `small` and `full`
+# keep the paper's eq. 4.
 def _toy_ode(steps):
     return dict(sampler=ByScale(toy="dpmpp-2m", small="ancestral", full="ancestral"),
                 ode_steps=ByScale(toy=steps, small=0, full=0))
