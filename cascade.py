@@ -687,34 +687,40 @@ def stage_lengths(first: StageSpec, seconds):
     return n1, n2, n3
 
 
-def first_stage(stage: StageModel, text_encoder, prompts, seconds, knob, generator, progress=None):
-    """The generator: text -> (B, 1, T) 3.2 kHz audio (wave generator) or (B, 80, F) log-mel."""
+def first_stage(stage: StageModel, text_encoder, prompts, seconds, knob, generator, progress=None, given=None):
+    """The generator: text -> (B, 1, T) 3.2 kHz audio (wave generator) or (B, 80, F) log-mel.
+    `given` (audio in): a `Given` for run_stage, as in the stages below."""
     spec = stage.spec
     text, mask = encode_prompts(text_encoder, prompts, spec, stage.device)
     channels = 80 if spec.output == "spec" else 1
     shape = (len(prompts), channels, stage_lengths(spec, seconds)[0])
-    return run_stage(stage, knob, shape, generator, text, mask, _unconditional(prompts), progress)
+    return run_stage(stage, knob, shape, generator, text, mask, _unconditional(prompts), progress, given=given)
 
 
 def second_stage(stage: StageModel, first: StageSpec, x1, text_encoder, prompts, seconds, knob, generator,
-                 progress=None):
+                 progress=None, given=None):
     """To 16 kHz: the cascader (x1, FFT-up-sampled, stacked with x_t) or the vocoder (x1 the aligned
-    log-mel). x1 is the output of the stage `first`; returns (B, 1, T) at 16 kHz."""
+    log-mel). x1 is the output of the stage `first`; returns (B, 1, T) at 16 kHz.
+    `given` (audio in): a `Given` over the sampled length (the vocoder's: 160 samples per frame of x1)."""
     B, n2 = len(prompts), stage_lengths(first, seconds)[1]
     x1 = x1.to(stage.device)
     if stage.spec.aligned:
-        return run_stage(stage, knob, (B, 1, x1.shape[-1] * 160), generator, progress=progress, aligned=x1)[..., :n2]
+        return run_stage(stage, knob, (B, 1, x1.shape[-1] * 160), generator, progress=progress, given=given,
+                         aligned=x1)[..., :n2]
     cond = fft_resample(x1, first.sample_rate, 16000)[..., :n2]
     text, mask = encode_prompts(text_encoder, prompts, stage.spec, stage.device)
-    return run_stage(stage, knob, (B, 1, n2), generator, text, mask, _unconditional(prompts), progress, cond=cond)
+    return run_stage(stage, knob, (B, 1, n2), generator, text, mask, _unconditional(prompts), progress,
+                     given=given, cond=cond)
 
 
-def third_stage(stage: StageModel, x2, seconds, knob, generator, progress=None):
+def third_stage(stage: StageModel, x2, seconds, knob, generator, progress=None, given=None):
     """Super-resolution: 16 kHz audio (B, 1, T), FFT-up-sampled and stacked with x_t, no text ->
-    (B, 1, T') at 24 kHz, or (B, 2, T') mid and side for the stereo super-res."""
+    (B, 1, T') at 24 kHz, or (B, 2, T') mid and side for the stereo super-res. `given` (audio in): a
+    `Given` over the output."""
     n3 = round(seconds * 24000)
     cond = fft_resample(x2, 16000, 24000)[..., :n3]
-    return run_stage(stage, knob, (x2.shape[0], stage.spec.channels, n3), generator, progress=progress, cond=cond)
+    return run_stage(stage, knob, (x2.shape[0], stage.spec.channels, n3), generator, progress=progress, given=given,
+                     cond=cond)
 
 
 def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, device="cpu",
@@ -875,8 +881,34 @@ def known_mask(intervals, rate, length):
 
 
 def fit_tensor(x, length):
-    """Zero-pad or cut the last axis of a tensor to `length`."""
+    """Zero-pad or cut the last axis of a tensor to `length` (the padding is never read: see known_at)."""
     return x[..., :length] if x.shape[-1] >= length else torch.nn.functional.pad(x, (0, length - x.shape[-1]))
+
+
+def pad_edge(x, length):
+    """Cut the last axis of x (B, C, T) to `length`, or extend it by repeating its last sample (frame).
+
+    A clip resampled to a stage's rate can be a sample (a log-mel frame) shorter than stage_lengths
+    asks; repeating its edge, not zeros, keeps a stage's input free of a silent tail.
+    """
+    if x.shape[-1] >= length:
+        return x[..., :length]
+    return torch.nn.functional.pad(x, (0, length - x.shape[-1]), mode="replicate")
+
+
+def known_at(spec, task, n, jump=0, resample=1):
+    """The task's known audio as a `Given` for the stage `spec` over n samples (frames), or None.
+
+    The mask is the task's known intervals, but only where the given clip, taken to the stage's rate,
+    has a sample: a resampled clip can end up to a sample (frame) before its interval does, and
+    that position is left to the sampler rather than held as zero.
+    """
+    intervals = task.known_seconds()
+    if not intervals:
+        return None
+    x = at_stage(spec, task.audio)[None]                                            # (1, C, T')
+    mask = known_mask(intervals, spec.frame_rate, n) & (torch.arange(n) < x.shape[-1])
+    return Given(known=pad_edge(x, n), mask=mask, jump=jump, resample=resample)
 
 
 def generate_windows(stage, knobs, batch, total, generator, prefix=None, overlap=DEFAULT_OVERLAP, jump=0,
@@ -921,69 +953,31 @@ def _window_around(region, clip_seconds, window_seconds):
     return start, start + window_seconds
 
 
-def generate_first(stages, names, text, task, seconds, batch, generator, knobs, progress=None):
-    """Stage 1 of an audio-in task: (B, C, n) 3.2 kHz audio or log-mel over `seconds`."""
-    first = stages[names[0]]
-    spec, rate = first.spec, first.spec.frame_rate
-    n = round(seconds * rate)
-    bar = progress and progress(names[0])
+def generate_first(stage, text_encoder, prompts, task, seconds, knob, generator, progress=None):
+    """Stage 1 of an audio-in task: (B, C, n1) 3.2 kHz audio or log-mel, n1 of `stage_lengths`."""
+    spec, rate = stage.spec, stage.spec.frame_rate
+    n = stage_lengths(spec, seconds)[0]
+    B = len(prompts)
+    if task.mode == "init":              # SDEdit: the plain generator, started from the given clip
+        given = Given(init=pad_edge(at_stage(spec, task.audio)[None], n), strength=task.strength)
+        return first_stage(stage, text_encoder, prompts, seconds, knob, generator, progress, given=given)
+    emb, mask = encode_prompts(text_encoder, prompts, spec, stage.device)
+    text = dict(text=emb, text_mask=mask, unconditional=_unconditional(prompts))
     if task.mode in ("long", "continue"):
         prefix = None
-        if task.mode == "continue":          # the clip's last EDGE_SECONDS are regenerated (see EDGE_SECONDS)
+        if task.mode == "continue":      # the clip's last EDGE_SECONDS are regenerated (see EDGE_SECONDS)
             prefix = at_stage(spec, task.audio)[None]
             prefix = prefix[..., :max(prefix.shape[-1] - math.ceil(EDGE_SECONDS * rate), 1)]
-        return generate_windows(first, knobs, batch, n, generator, prefix, round(task.overlap * rate),
-                                task.jump, task.resample, bar, **text)
-    given_x = fit_tensor(at_stage(spec, task.audio)[None], n)                         # (1, C, n)
-    C = given_x.shape[1]
-    if task.mode == "init":
-        given = Given(init=given_x, strength=task.strength)
-        return run_stage(first, knobs, (batch, C, n), generator, progress=bar, given=given, **text)
-    a, b = _window_around(task.region, seconds, spec.clip_seconds)                    # inpainting
+        return generate_windows(stage, knob, B, n, generator, prefix, round(task.overlap * rate),
+                                task.jump, task.resample, progress, **text)
+    # inpainting: one generator window around the region
+    given = known_at(spec, task, n, task.jump, task.resample)
+    a, b = _window_around(task.region, seconds, spec.clip_seconds)
     ia, ib = round(a * rate), min(round(a * rate) + round((b - a) * rate), n)
-    mask = known_mask(task.known_seconds(), rate, n)[..., ia:ib]
-    given = Given(known=given_x[..., ia:ib], mask=mask, jump=task.jump, resample=task.resample)
-    x = run_stage(first, knobs, (batch, C, ib - ia), generator, progress=bar, given=given, **text)
-    out = given_x.expand(batch, -1, -1).clone().to(x.device)
+    window = Given(known=given.known[..., ia:ib], mask=given.mask[..., ia:ib], jump=task.jump, resample=task.resample)
+    x = run_stage(stage, knob, (B, given.known.shape[1], ib - ia), generator, progress=progress, given=window, **text)
+    out = given.known.expand(B, -1, -1).clone().to(x.device)
     out[..., ia:ib] = x
-    return out
-
-
-def _known_at(task, rate, n):
-    """Given for a later stage at `rate` (n samples): the task's known audio and mask, or None."""
-    intervals = task.known_seconds()
-    if not intervals:
-        return None
-    known = fit_tensor(fft_resample(task.audio, GIVEN_RATE, rate), n)[None, None]    # (1, 1, n)
-    return Given(known=known, mask=known_mask(intervals, rate, n))
-
-
-def generate_later(stages, names, x1, seconds, generator, knobs, task, text2=None, progress=None):
-    """Stages 2 and 3 over the whole length (no windows: see the note above), keeping known audio.
-
-    :param x1: the stage-1 output (B, C, n1), or None for up-sampling from the given clip.
-    :return: {stage name: output}, each (B, 1, T) audio.
-    """
-    out = {}
-    second, third = stages[names[1]], stages[names[2]]
-    n2, n3 = round(seconds * 16000), round(seconds * 24000)
-    bar = lambda i: progress and progress(names[i])
-    if x1 is None and task.rate >= 16000:             # super-res alone
-        x2 = fit_tensor(fft_resample(task.audio, GIVEN_RATE, 16000), n2)[None, None].to(third.device)
-    elif second.spec.aligned:
-        x2 = run_stage(second, knobs[names[1]], (x1.shape[0], 1, x1.shape[-1] * 160), generator,
-                       progress=bar(1), given=_known_at(task, 16000, x1.shape[-1] * 160), aligned=x1)[..., :n2]
-    else:
-        if x1 is None:                                  # up-sampling: the clip at 3.2 kHz is the input
-            x1 = fft_resample(task.audio, GIVEN_RATE, 3200)[None, None].to(second.device)
-            x1 = x1.expand(text2["text"].shape[0], -1, -1)
-        cond = fit_tensor(fft_resample(x1, 3200, 16000), n2)
-        x2 = run_stage(second, knobs[names[1]], (x1.shape[0], 1, n2), generator, progress=bar(1),
-                       given=_known_at(task, 16000, n2), cond=cond, **text2)
-    out[names[1]] = x2
-    cond = fit_tensor(fft_resample(x2, 16000, 24000), n3)
-    out[names[2]] = run_stage(third, knobs[names[2]], (x2.shape[0], third.spec.channels, n3), generator, progress=bar(2),
-                              given=_known_at(task, 24000, n3), cond=cond)
     return out
 
 
@@ -1001,38 +995,46 @@ def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs
                    device="cpu", progress=None, keep=None, timings=None, stereo=False):
     """Prompts (and the task's audio) in, 24 kHz audio out: `cascade_generate` for the audio-in modes.
 
+    Stage 1 is `generate_first`; stages 2 and 3 are the plain pipeline's `second_stage` and
+    `third_stage` over the whole length (no windows: see the note above), each holding the task's
+    known audio at its own rate. Every stage's length comes from `stage_lengths`, as in
+    `cascade_generate`, so no stage's input ends in padding.
+
     :param stages: {name: StageModel} of `pipeline` (up-sampling: of the waveform path).
     :param task: what is given and what to do (see `AudioTask`, and the note above `Given`).
     :param seconds: the output length for "long" and "continue" (0: see `task_seconds`).
-    :return: a (B, T) float tensor at 24 kHz.
+    :param keep, timings, stereo: as for `cascade_generate`.
+    :return: a (B, T) float tensor at 24 kHz; (B, 2, T) left and right with `stereo`.
     """
     names = pipeline_stages("wave" if task.mode == "upsample" else pipeline, stereo)
-    gen = torch.Generator().manual_seed(seed)
-    B = len(prompts)
-    unconditional = torch.tensor([p.strip() == "" for p in prompts])
-    seconds = task_seconds(task, seconds, stages[names[0]].spec.clip_seconds if names[0] in stages else 0)
-    clock = time.perf_counter()
-    x1 = None
+    first = stages[names[0]].spec if names[0] in stages else stage_spec(names[0])
+    second, third = stages[names[1]], stages[names[2]]
+    seconds = task_seconds(task, seconds, first.clip_seconds)
+    n1, n2, n3 = stage_lengths(first, seconds)
+    gen, B = torch.Generator().manual_seed(seed), len(prompts)
+    bar = lambda name: progress and progress(name)
+    lap = _stopwatch(timings)
+
+    def done(name, x):
+        lap(name)
+        if keep is not None:
+            keep[name] = x.cpu()
+
     if task.mode != "upsample":
-        emb, mask = encode_prompts(text_encoder, prompts, stages[names[0]].spec, device)
-        x1 = generate_first(stages, names, dict(text=emb, text_mask=mask, unconditional=unconditional), task,
-                            seconds, B, gen, knobs[names[0]], progress)
-        if timings is not None:
-            timings[names[0]] = timings.get(names[0], 0.0) + time.perf_counter() - clock
-    text2 = {}
-    if stages[names[1]].spec.has_text:
-        emb, mask = encode_prompts(text_encoder, prompts, stages[names[1]].spec, device)
-        text2 = dict(text=emb, text_mask=mask, unconditional=unconditional)
-    clock = time.perf_counter()
-    later = generate_later(stages, names, x1, seconds, gen, knobs, task, text2, progress)
-    if timings is not None:
-        timings["later"] = timings.get("later", 0.0) + time.perf_counter() - clock
-    x3 = later[names[2]]
-    if keep is not None:
-        keep.update({k: v.cpu() for k, v in later.items()})
-        if x1 is not None:
-            keep[names[0]] = x1.cpu()
-    return final_audio(x3.expand(B, -1, -1))
+        x1 = generate_first(stages[names[0]], text_encoder, prompts, task, seconds, knobs[names[0]], gen, bar(names[0]))
+        done(names[0], x1)
+    if task.mode == "upsample" and task.rate >= 16000:       # super-res alone, from the clip at 16 kHz
+        x2 = pad_edge(at_stage(second.spec, task.audio)[None], n2).expand(B, -1, -1).to(third.device)
+    else:
+        if task.mode == "upsample":                          # the cascader, from the clip at 3.2 kHz
+            x1 = pad_edge(at_stage(first, task.audio)[None], n1).expand(B, -1, -1)
+        given = known_at(second.spec, task, n1 * 160 if second.spec.aligned else n2)
+        x2 = second_stage(second, first, x1, text_encoder, prompts, seconds, knobs[names[1]], gen, bar(names[1]),
+                          given=given)
+        done(names[1], x2)
+    x3 = third_stage(third, x2, seconds, knobs[names[2]], gen, bar(names[2]), given=known_at(third.spec, task, n3))
+    done(names[2], x3)
+    return final_audio(x3)
 
 
 if __name__ == "__main__":

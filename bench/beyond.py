@@ -25,6 +25,7 @@ Each part writes a section of --out (the command line heads the file):
   and restored to 24 kHz; log-spectral distance to the real 24 kHz clip against FFT up-sampling.
 """
 import argparse
+import math
 import os
 import sys
 import time
@@ -163,20 +164,17 @@ def run(models, pipeline, prompts, task, seconds, seed, knobs, keep=None):
 
 def first_stage(stages, enc, pipeline, prompts, task, seconds, seed, knobs):
     """The generator's part of cascade.audio_generate, heard at RATE (a log-mel through data.griffin_lim)."""
-    names = cascade.PIPELINES[pipeline]
-    spec = stages[names[0]].spec
+    name = cascade.PIPELINES[pipeline][0]
+    spec = stages[name].spec
     seconds = cascade.task_seconds(task, seconds, spec.clip_seconds)
-    emb, mask = cascade.encode_prompts(enc, prompts, spec, DEVICE)
-    text = dict(text=emb, text_mask=mask, unconditional=torch.zeros(len(prompts), dtype=torch.bool))
-    x1 = cascade.generate_first(stages, names, text, task, seconds, len(prompts), torch.Generator().manual_seed(seed),
-                                knobs[names[0]]).float().cpu()                          # (B, C, n)
-    intervals = task.known_seconds()
-    if task.mode == "continue":          # the generator regenerates the clip's last frames (cascade.EDGE_SECONDS)
-        intervals = [(0.0, task.seconds - cascade.EDGE_SECONDS)]
-    if intervals:
-        given = cascade.fit_tensor(cascade.at_stage(spec, task.audio)[None], x1.shape[-1])
-        known = cascade.known_mask(intervals, spec.frame_rate, x1.shape[-1]).expand_as(x1)
-        KNOWN_ERR[0] = max(KNOWN_ERR[0], float((x1 - given)[known].abs().max()))
+    x1 = cascade.generate_first(stages[name], enc, prompts, task, seconds, knobs[name],
+                                torch.Generator().manual_seed(seed)).float().cpu()      # (B, C, n)
+    given = cascade.known_at(spec, task, x1.shape[-1])
+    if given is not None:
+        known = given.mask.expand_as(x1).clone()
+        if task.mode == "continue":      # the generator regenerates the clip's last frames (cascade.EDGE_SECONDS)
+            known[..., int(given.mask.sum()) - math.ceil(cascade.EDGE_SECONDS * spec.frame_rate):] = False
+        KNOWN_ERR[0] = max(KNOWN_ERR[0], float((x1 - given.known)[known].abs().max()))
     audio, rate = (data.griffin_lim(x1), data.MEL_SAMPLE_RATE) if spec.output == "spec" else (x1[:, 0], spec.sample_rate)
     return data.fft_resample(audio.double(), rate, RATE).float().numpy()
 

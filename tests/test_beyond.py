@@ -147,8 +147,8 @@ def test_long_form_windows_join_on_their_known_part(models, monkeypatch):
     seen = []
     run = cascade.run_stage
 
-    def spy(stage, knobs, shape, generator, given=None, **kw):
-        x = run(stage, knobs, shape, generator, given=given, **kw)
+    def spy(stage, knobs, shape, generator, *args, given=None, **kw):
+        x = run(stage, knobs, shape, generator, *args, given=given, **kw)
         if stage is gen:
             seen.append((x, given))
         return x
@@ -167,6 +167,41 @@ def test_cascade_generate_past_the_clip_length_is_the_long_form(models):
     prompts = ["a slow piano tune", "fast drums"]
     plain = cascade.cascade_generate(models[0], models[1], prompts, "spec", 1.25, 0, KNOBS)
     assert torch.equal(plain, _generate(models, "spec", cascade.AudioTask("long", overlap=0.25), seconds=1.25))
+
+
+# 1.25009375 s: each stage's length rounded on its own (3.2 kHz: 4000 samples, 16 kHz: 20002; 100 fps:
+# 125 frames, 20000 samples at 16 kHz) leaves the next stage's input two samples short of its output.
+AWKWARD_SECONDS = 4000.3 / 3200
+
+
+@pytest.mark.parametrize("pipeline,mode", [("wave", "long"), ("spec", "long"), ("wave", "continue"), ("spec", "continue")])
+def test_every_stage_has_the_plain_lengths_and_no_padded_tail(models, monkeypatch, pipeline, mode):
+    """Long-form and continued outputs are exactly the requested length, every stage is as long as
+    stage_lengths says (as in cascade_generate), and no stage's conditioning input or known audio ends
+    in zeros (an input shorter than its stage, zero-padded, would make a silent tail there)."""
+    seen = []
+    run = cascade.run_stage
+
+    def spy(stage, knobs, shape, generator, *args, given=None, **route):
+        inputs = [v for k, v in route.items() if k == "cond"]
+        if given is not None and given.mask is not None:
+            inputs.append(given.known[given.mask.expand_as(given.known)])
+        seen.append((stage.spec.name, inputs))
+        return run(stage, knobs, shape, generator, *args, given=given, **route)
+    monkeypatch.setattr(cascade, "run_stage", spy)
+    clip = _clip(0.61)[:14641]                   # not a whole number of 16 kHz samples or 100 fps frames
+    task = cascade.AudioTask(mode, clip if mode == "continue" else None, overlap=0.125)
+    keep = {}
+    out = cascade.audio_generate(models[0], models[1], ["a slow piano tune"], pipeline, AWKWARD_SECONDS, 0, KNOBS, task,
+                                 keep=keep)
+    names = cascade.PIPELINES[pipeline]
+    lengths = cascade.stage_lengths(models[0][names[0]].spec, AWKWARD_SECONDS)
+    assert out.shape == (1, round(AWKWARD_SECONDS * 24000)) and torch.isfinite(out).all()
+    assert [keep[name].shape[-1] for name in names] == list(lengths)
+    later = [x for name, inputs in seen if name in names[1:] for x in inputs]
+    assert later and all(bool((x[..., -2:] != 0).all()) for x in later)
+    if mode == "continue":
+        assert torch.equal(out[0, :len(clip)], clip)
 
 
 def test_sdedit_and_upsample_give_the_clip_length(models):
