@@ -796,7 +796,9 @@ def _stopwatch(timings):
 #   - audio-to-audio: SDEdit at the generator from the given clip (3.2 kHz audio or its log-mel),
 #     the later stages as usual;
 #   - up-sampling: no generator; the cascader (text-guided) on the clip taken to 3.2 kHz, then
-#     super-res; or super-res alone for a clip of 16 kHz or more.
+#     super-res; or super-res alone for a clip of 16 kHz or more. Both keep the given band exactly
+#     (keep_input_band, on for the cascader here unless --cascader-keep-band 0 says otherwise), so
+#     the stages add only the band the clip lacks.
 # Known regions use replacement, with RePaint's resampling in the generator when jump > 0
 # (diffusion.known_region_sample); the later stages, led by their low-fidelity input, use plain
 # replacement. The final 24 kHz output equals the given audio exactly on its known part.
@@ -1023,6 +1025,8 @@ def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs
     if task.mode != "upsample":
         x1 = generate_first(stages[names[0]], text_encoder, prompts, task, seconds, knobs[names[0]], gen, bar(names[0]))
         done(names[0], x1)
+    if task.mode == "upsample" and knobs[names[1]].keep_band is None:     # the user's band is kept, not re-made
+        knobs = {**knobs, names[1]: replace(knobs[names[1]], keep_band=1)}
     if task.mode == "upsample" and task.rate >= 16000:       # super-res alone, from the clip at 16 kHz
         x2 = pad_edge(at_stage(second.spec, task.audio)[None], n2).expand(B, -1, -1).to(third.device)
     else:

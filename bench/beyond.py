@@ -79,17 +79,33 @@ SEAM_HEADER = ["| run | joins | flux at joins (min/25%/median/75%/max) | inside 
                "| joins <= inside max | joins <= inside 95th pct |", "|---|---|---|---|---|---|---|"]
 
 
-def log_spectral_distance(x, ref, above=0.0, n_fft=2048, hop=512, floor_db=-80.0):
-    """LSD (dB): the RMS over frequency (bins above `above` Hz) of the log-power difference, averaged
-    over frames; powers floored at floor_db under the reference's loudest bin (an 80 dB range)."""
+def power_spectrogram(wave, n_fft=2048, hop=512):
+    """|STFT|^2 of a 24 kHz clip: (bins, frames), Hann window."""
     window = torch.hann_window(n_fft, dtype=torch.float64)
-    spec = lambda w: torch.stft(torch.as_tensor(np.asarray(w), dtype=torch.float64), n_fft, hop, window=window,
-                                return_complex=True).abs() ** 2                  # (bins, frames)
-    a, b = spec(x), spec(ref)
+    return torch.stft(torch.as_tensor(np.asarray(wave), dtype=torch.float64), n_fft, hop, window=window,
+                      return_complex=True).abs() ** 2
+
+
+def band_bins(band, n_fft=2048):
+    """Bool (bins,): the STFT bins in [band[0], band[1]) Hz."""
+    f = torch.fft.rfftfreq(n_fft, 1 / RATE)
+    return (f >= band[0]) & (f < band[1])
+
+
+def log_spectral_distance(x, ref, band=(0.0, RATE / 2 + 1), floor_db=-80.0):
+    """LSD (dB) in `band` (Hz): the RMS over its bins of the log-power difference, averaged over frames;
+    powers floored at floor_db under the reference's loudest bin (an 80 dB range)."""
+    a, b = power_spectrogram(x), power_spectrogram(ref)
     floor = float(b.max()) * 10 ** (floor_db / 10)
     d = 10 * torch.log10(a.clamp(min=floor)) - 10 * torch.log10(b.clamp(min=floor))
-    d = d[torch.fft.rfftfreq(n_fft, 1 / RATE) >= above]
-    return float(d.pow(2).mean(0).sqrt().mean())
+    return float(d[band_bins(band)].pow(2).mean(0).sqrt().mean())
+
+
+def band_level(x, ref, band):
+    """10 log10 of x's energy in `band` over ref's (dB; floored 80 dB under ref's whole energy)."""
+    a, b = power_spectrogram(x), power_spectrogram(ref)
+    floor = float(b.sum()) * 1e-8
+    return float(10 * np.log10((float(a[band_bins(band)].sum()) + floor) / (float(b[band_bins(band)].sum()) + floor)))
 
 
 def measure(kind, wave, rate=RATE):
@@ -221,32 +237,44 @@ def part_tune(args, models, lines):
 
 
 def part_long(args, models, lines):
+    """Long-form clips scored per 4 s window, against 4 s clips of the same prompts and seeds."""
     kinds = args.long_kinds.split(",")
     pairs = {k: v for k, v in adherence.prompt_pairs(args.long_pairs).items() if k in kinds}
     prompts = [p for kind in kinds for pair in pairs[kind] for p in pair]
     task = cascade.AudioTask("long", overlap=args.overlap, jump=args.jump, resample=args.resample)
-    waves, t0 = [], time.perf_counter()
+    waves, short, t0, t_long = [], [], time.perf_counter(), 0.0
     for i, p in enumerate(prompts):
+        t1 = time.perf_counter()
         waves.append(run(models, args.pipeline, [p], task, args.long_seconds, i, args.knobs)[0])
+        t_long += time.perf_counter() - t1
+        short.append(run(models, args.pipeline, [p], cascade.AudioTask("long"), WINDOW, i, args.knobs)[0])
         print(f"  long: {i + 1}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
-    per_second = (time.perf_counter() - t0) / (args.long_seconds * len(prompts))
+    per_second = t_long / (args.long_seconds * len(prompts))
     n_win = int(args.long_seconds // WINDOW)
     lines += [f"## Long-form: {args.long_seconds:g} s, {args.pipeline} pipeline{' (generator only)' if FIRST_ONLY else ''}, "
               f"{args.long_pairs} prompt pairs per kind, "
               f"overlap {args.overlap:g} s, jump {args.jump}, r {args.resample}", "",
-              f"Pairs ordered right in each {WINDOW:g} s window of the long clips ({n_win} windows per clip):", "",
-              "| kind | " + " | ".join(f"{k * WINDOW:g}-{(k + 1) * WINDOW:g} s" for k in range(n_win)) + " | all windows |",
-              "|---" * (n_win + 2) + "|"]
+              f"Pairs ordered right in each {WINDOW:g} s window of the long clips ({n_win} windows per clip), and in "
+              f"{WINDOW:g} s clips of the same prompts and seeds (one generator window, no known part):", "",
+              "| kind | " + " | ".join(f"{k * WINDOW:g}-{(k + 1) * WINDOW:g} s" for k in range(n_win))
+              + f" | all windows | {WINDOW:g} s clips |", "|---" * (n_win + 3) + "|"]
     i = 0
     for kind in kinds:
         ok = np.zeros((len(pairs[kind]), n_win), dtype=bool)
+        ok_short = np.zeros(len(pairs[kind]), dtype=bool)
         for j in range(len(pairs[kind])):
             hi, lo = waves[i], waves[i + 1]
+            ok_short[j] = measure(kind, short[i]) > measure(kind, short[i + 1])
             i += 2
             for k in range(n_win):
                 cut = slice(int(k * WINDOW * RATE), int((k + 1) * WINDOW * RATE))
                 ok[j, k] = measure(kind, hi[cut]) > measure(kind, lo[cut])
-        lines.append(f"| {kind} | " + " | ".join(f"{v:.0%}" for v in ok.mean(0)) + f" | {ok.mean():.0%} |")
+        lines.append(f"| {kind} | " + " | ".join(f"{v:.0%}" for v in ok.mean(0)) + f" | {ok.mean():.0%} | {ok_short.mean():.0%} |")
+        for word in ("with drums", "solo"):      # the pairs of each drums word apart
+            rows = [j for j, pair in enumerate(pairs[kind]) if word in pair[0] and word in pair[1]]
+            if rows and len(rows) < len(pairs[kind]):
+                lines.append(f"| {kind}, {word} ({len(rows)} pairs) | " + " | ".join(f"{v:.0%}" for v in ok[rows].mean(0))
+                             + f" | {ok[rows].mean():.0%} | {ok_short[rows].mean():.0%} |")
     joins = long_joins(args.long_seconds, WINDOW, args.overlap)
     at, inside = [], []
     for w in waves:
@@ -254,8 +282,8 @@ def part_long(args, models, lines):
         at, inside = at + a, inside + b
     lines += ["", f"Seam (joins at {', '.join(f'{j:g}' for j in joins)} s):", ""] + SEAM_HEADER
     lines += [seam_row("long-form", at, inside), "",
-              f"Wall time: {per_second:.2f} s per second of audio (one clip at a time, {torch.get_num_threads()} thread, "
-              "shared CPU).", ""]
+              f"Wall time: {per_second:.2f} s per second of audio (the long clips alone, one at a time, "
+              f"{torch.get_num_threads()} thread, shared CPU).", ""]
 
 
 def part_known(args, models, lines, mode):
@@ -374,32 +402,58 @@ def part_init(args, models, lines):
     lines.append("")
 
 
+UPSAMPLE_BANDS = {3200: [(0, 1600), (1600, 8000), (8000, 12000)], 16000: [(0, 8000), (8000, 12000)]}
+
+
 def part_upsample(args, models, lines):
+    """Real clips taken down to 3.2 / 16 kHz and restored: LSD to the real clip per band, the given band
+    (below the input's Nyquist) apart from the bands the stages make, clips with and without drums apart
+    (the corpus's pitched instruments have next to nothing above ~6 kHz; its drums fill the top band)."""
     corpus = Corpus(args.seed + 4)
-    rows = {low: (([], []), ([], [])) for low in (3200, 16000)}    # {rate: ((all bins), (above its Nyquist))}
+    # {(rate, band): {"drums"/"solo": {"cascade"/"fft"/"level": [...]}}}
+    rows = {(low, band): {g: {m: [] for m in ("cascade", "fft", "level")} for g in ("drums", "solo")}
+            for low, bands in UPSAMPLE_BANDS.items() for band in bands}
+    t0, secs, kept = time.perf_counter(), 0.0, {low: 0.0 for low in UPSAMPLE_BANDS}
     for i in range(args.upsample_clips):
         clip, attrs = corpus.clip(WINDOW, ("slow", "fast")[i % 2], ("flute", "bass", "piano", "guitar", "organ")[i % 5],
                                   bool(i // 2 % 2))
         ref = torch.from_numpy(clip).double()
-        for low in rows:
+        group = "drums" if attrs["drums"] else "solo"
+        for low, bands in UPSAMPLE_BANDS.items():
             down = data.fft_resample(ref, RATE, low)
             plain = data.fft_resample(down, low, RATE).numpy()
             task = cascade.AudioTask("upsample", data.fft_resample(down, low, RATE).float(), low)
             out = run(models, "wave", [prompt_for(attrs)], task, 0.0, 300 + i, args.knobs)[0]
-            for j, above in enumerate((0.0, low / 2)):
-                rows[low][j][0].append(log_spectral_distance(out, clip, above))
-                rows[low][j][1].append(log_spectral_distance(plain, clip, above))
+            secs += WINDOW
+            given = torch.fft.rfftfreq(len(clip), 1 / RATE) < low / 2
+            spectra = [torch.fft.rfft(torch.as_tensor(np.asarray(w), dtype=torch.float64))[given] for w in (out, plain)]
+            kept[low] = max(kept[low], float((spectra[0] - spectra[1]).abs().max() / spectra[1].abs().max()))
+            for band in bands:
+                r = rows[(low, band)][group]
+                r["cascade"].append(log_spectral_distance(out, clip, band))
+                r["fft"].append(log_spectral_distance(plain, clip, band))
+                r["level"].append(band_level(out, clip, band))
         print(f"  upsample {i + 1}/{args.upsample_clips}", flush=True)
-    lines += [f"## Up-sampling real toy-corpus clips to 24 kHz ({args.upsample_clips} clips; log-spectral distance to the "
-              "real 24 kHz clip, dB, mean +- std over clips, powers floored 80 dB under the clip's loudest bin; lower is better)", "",
-              "| input | bins | cascade (text-guided) | plain FFT up-sampling | clips where the cascade is closer |",
-              "|---|---|---|---|---|"]
-    for low, bands in rows.items():
-        how = "cascader + super-res" if low < 16000 else "super-res alone"
-        for (model, plain), which in zip(bands, ("all", f"above {low // 2} Hz")):
-            lines.append(f"| {low} Hz ({how}) | {which} | {np.mean(model):.2f} +- {np.std(model):.2f} | {np.mean(plain):.2f} +- "
-                         f"{np.std(plain):.2f} | {np.mean(np.array(model) < np.array(plain)):.0%} |")
-    lines.append("")
+    n = {g: len(rows[(3200, (0, 1600))][g]["cascade"]) for g in ("drums", "solo")}
+    lines += [f"## Up-sampling real toy-corpus clips to 24 kHz ({args.upsample_clips} clips: {n['drums']} with drums, "
+              f"{n['solo']} without)", "",
+              "Log-spectral distance to the real 24 kHz clip (dB, mean +- std over clips; 2048-point frames; powers floored "
+              "80 dB under the clip's loudest bin; lower is better), per band; level = the restored band's energy over the "
+              "real one's (dB, mean; floored 80 dB under the clip's energy).", "",
+              "| input | band (Hz) | made by | with drums: cascade | FFT | level | without drums: cascade | FFT | level |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    stat = lambda v: f"{np.mean(v):.2f} +- {np.std(v):.2f}" if v else "-"
+    for (low, band), groups in rows.items():
+        how = "given (kept)" if band[1] <= low / 2 else ("cascader" if band[1] <= 8000 else "super-res")
+        cells = [f"{stat(g['cascade'])} | {stat(g['fft'])} | {np.mean(g['level']):+.1f}" if g["cascade"] else "- | - | -"
+                 for g in groups.values()]
+        lines.append(f"| {low} Hz | {band[0]}-{band[1]} | {how} | " + " | ".join(cells) + " |")
+    lines += ["", "The given band, on the whole clip's spectrum (one FFT, no frames, so no leakage from the band above): "
+              "largest difference from the given clip's, relative to its largest bin: "
+              + ", ".join(f"{low} Hz input {v:.1e}" for low, v in kept.items()) + ". The frame LSD of the given band "
+              "also counts the made band's leakage through the window's side lobes.",
+              "", f"Wall time: {(time.perf_counter() - t0) / secs:.2f} s per second of audio (both inputs, "
+              f"{torch.get_num_threads()} thread).", ""]
 
 
 def parse(argv=None):

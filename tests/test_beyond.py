@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 
 import cascade
+import data
 import diffusion
 import sample
 import text
@@ -210,6 +211,19 @@ def test_sdedit_and_upsample_give_the_clip_length(models):
                  cascade.AudioTask("upsample", clip, 16000)):
         out = _generate(models, "wave", task)
         assert out.shape == (2, len(clip)) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("rate,edge", [(3200, 1500), (16000, 7900)])
+def test_upsampling_keeps_the_given_band(models, rate, edge):
+    """The given clip's band (below its Nyquist frequency) comes out unchanged: the stages add only
+    the band above it (the cascader's and super-res's keep_input_band)."""
+    clip = data.fft_resample(data.fft_resample(_clip(0.6).double(), 24000, rate), rate, 24000).float()
+    out = _generate(models, "wave", cascade.AudioTask("upsample", clip, rate))
+    low = torch.fft.rfftfreq(len(clip), 1 / 24000) < edge
+    given, made = torch.fft.rfft(clip.double())[low], torch.fft.rfft(out.double(), dim=-1)[:, low]
+    assert float((made - given).abs().max()) < 1e-4 * float(given.abs().max())
+    high = ~low & (torch.fft.rfftfreq(len(clip), 1 / 24000) > rate / 2)
+    assert float(torch.fft.rfft(out.double(), dim=-1)[:, high].abs().max()) > 0      # something was added above
 
 
 # ------------------------------------------------------------------------------------------------
