@@ -797,8 +797,9 @@ def _stopwatch(timings):
 #     the later stages as usual;
 #   - up-sampling: no generator; the cascader (text-guided) on the clip taken to 3.2 kHz, then
 #     super-res; or super-res alone for a clip of 16 kHz or more. Both keep the given band exactly
-#     (keep_input_band, on for the cascader here unless --cascader-keep-band 0 says otherwise), so
-#     the stages add only the band the clip lacks.
+#     (keep_input_band, on for the cascader here unless --cascader-keep-band 0 says otherwise; a clip
+#     between 3.2 and 16 kHz keeps all of its band, not only the 3.2 kHz input's), so the stages add
+#     only the band the clip lacks.
 # Known regions use replacement, with RePaint's resampling in the generator when jump > 0
 # (diffusion.known_region_sample); the later stages, led by their low-fidelity input, use plain
 # replacement. The final 24 kHz output equals the given audio exactly on its known part.
@@ -1035,6 +1036,9 @@ def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs
         given = known_at(second.spec, task, n1 * 160 if second.spec.aligned else n2)
         x2 = second_stage(second, first, x1, text_encoder, prompts, seconds, knobs[names[1]], gen, bar(names[1]),
                           given=given)
+        if task.mode == "upsample" and task.rate > first.sample_rate and knobs[names[1]].keep_band:
+            # a clip between 3.2 and 16 kHz: the cascader sees it at 3.2 kHz, but all of its band is kept
+            x2 = keep_input_band(x2, pad_edge(at_stage(second.spec, task.audio)[None], n2).to(x2), 16000, task.rate)
         done(names[1], x2)
     x3 = third_stage(third, x2, seconds, knobs[names[2]], gen, bar(names[2]), given=known_at(third.spec, task, n3))
     done(names[2], x3)

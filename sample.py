@@ -77,7 +77,8 @@ def add_audio_flags(p):
                    help=f"with --init: the noise time S in (0, 1] it starts from (default {DEFAULT_STRENGTH:g}; "
                    "1 keeps almost nothing)")
     g.add_argument("--upsample", metavar="FILE", help="text-guided up-sampling of low-rate or muffled audio "
-                   "(the waveform path's cascader and super-res; super-res alone for 16 kHz or more)")
+                   "(the waveform path's cascader and super-res; super-res alone for 16 kHz or more); the file's "
+                   "band is kept exactly and the band above it is generated")
     g.add_argument("--overlap", type=float, default=cascade.DEFAULT_OVERLAP,
                    help="long-form and continuation: seconds of each generator window that are the previous audio")
     g.add_argument("--repaint-jump", type=int, default=DEFAULT_JUMP,

@@ -213,7 +213,7 @@ def test_sdedit_and_upsample_give_the_clip_length(models):
         assert out.shape == (2, len(clip)) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("rate,edge", [(3200, 1500), (16000, 7900)])
+@pytest.mark.parametrize("rate,edge", [(3200, 1500), (8000, 3900), (16000, 7900)])
 def test_upsampling_keeps_the_given_band(models, rate, edge):
     """The given clip's band (below its Nyquist frequency) comes out unchanged: the stages add only
     the band above it (the cascader's and super-res's keep_input_band)."""
