@@ -811,7 +811,9 @@ MODES = ("long", "continue", "inpaint", "init", "upsample")
 # (the last two of 100 fps frames differ from the longer clip's by 0.63 and 0.41 on average over the 80
 # bins, against ~1e-9 for the frames before), which the generator, holding them as known, carried
 # into a step at the join. So a continued clip's last 30 ms are not held at stage 1; the later
-# stages, whose known part is the clip itself, still keep all of it.
+# stages, whose known part is the clip itself, still keep all of it. The generator, trained on such
+# log-mels, makes a window's last frames the same way (its last frame step is about twice the
+# others'), so a long-form window's last 30 ms are left to the next window too (generate_windows).
 EDGE_SECONDS = 0.03
 
 
@@ -915,21 +917,25 @@ def known_at(spec, task, n, jump=0, resample=1):
 
 
 def generate_windows(stage, knobs, batch, total, generator, prefix=None, overlap=DEFAULT_OVERLAP, jump=0,
-                     resample=1, progress=None, **text):
-    """The generator's output over `total` samples (frames), in windows of its training length.
+                     resample=1, progress=None, edge=0, **text):
+    """The generator's output over `total` samples (frames), in windows of its training length L.
 
     Window k covers [start, start + L) with start = (length done so far) - overlap: its first part
     is the end of the output so far, held as a known region (replacement, RePaint with jump > 0),
-    and only the rest is kept. With a `prefix` (continuation) the output starts as the prefix.
+    and the rest is kept but for its last `edge` samples (frames), unless it ends the output: the
+    generator makes a clip's last frames as a clip's end looks (see EDGE_SECONDS), so the next
+    window, whose known part would end on them, regenerates them instead.
 
     :param prefix: (1, C, P) known start of the output, or None.
     :param overlap: samples (frames) of each window that are the previous output; less than L.
+    :param edge: samples (frames) at the end of each window that are not kept (at most L - 1 - overlap).
     :param text: run_stage's text, text_mask, unconditional.
     :return: (batch, C, total).
     """
     L, C = stage.spec.length, 80 if stage.spec.output == "spec" else 1
     if not 0 <= overlap < L:
         raise ValueError(f"the overlap must be in [0, {L}) samples, got {overlap}")
+    edge = max(min(edge, L - 1 - overlap), 0)
     out = torch.zeros(batch, C, total, device=stage.device)
     done = 0
     if prefix is not None:
@@ -941,7 +947,8 @@ def generate_windows(stage, knobs, batch, total, generator, prefix=None, overlap
         mask = (torch.arange(L, device=out.device) < done - start)[None, None]
         given = Given(known=known, mask=mask, jump=jump, resample=resample) if done > start else None
         x = run_stage(stage, knobs, (batch, C, L), generator, progress=progress, given=given, **text)
-        end = min(start + L, total)
+        end = start + L if start + L >= total else start + L - edge
+        end = min(end, total)
         out[..., done:end] = x[..., done - start:end - start]
         done = end
     return out
@@ -971,8 +978,8 @@ def generate_first(stage, text_encoder, prompts, task, seconds, knob, generator,
         if task.mode == "continue":      # the clip's last EDGE_SECONDS are regenerated (see EDGE_SECONDS)
             prefix = at_stage(spec, task.audio)[None]
             prefix = prefix[..., :max(prefix.shape[-1] - math.ceil(EDGE_SECONDS * rate), 1)]
-        return generate_windows(stage, knob, B, n, generator, prefix, round(task.overlap * rate),
-                                task.jump, task.resample, progress, **text)
+        return generate_windows(stage, knob, B, n, generator, prefix, round(task.overlap * rate), task.jump,
+                                task.resample, progress, math.ceil(EDGE_SECONDS * rate), **text)
     # inpainting: one generator window around the region
     given = known_at(spec, task, n, task.jump, task.resample)
     a, b = _window_around(task.region, seconds, spec.clip_seconds)

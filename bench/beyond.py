@@ -195,14 +195,14 @@ def first_stage(stages, enc, pipeline, prompts, task, seconds, seed, knobs):
     return data.fft_resample(audio.double(), rate, RATE).float().numpy()
 
 
-def long_joins(total, window, overlap, prefix=0.0):
+def long_joins(total, window, overlap, edge=cascade.EDGE_SECONDS):
     """Seconds at which generate_windows' windows join (where each window's known part ends)."""
-    joins, done = [], prefix
-    if not prefix:
-        done = window
+    joins, done = [], 0.0
     while done < total - 1e-9:
-        joins.append(done)
-        done = min(max(done - overlap, 0.0) + window, total)
+        start = max(done - overlap, 0.0)
+        if done > start:
+            joins.append(done)
+        done = min(start + window if start + window >= total - 1e-9 else start + window - edge, total)
     return joins
 
 

@@ -143,7 +143,8 @@ def test_inpainting_keeps_everything_outside_the_region(models):
 
 
 def test_long_form_windows_join_on_their_known_part(models, monkeypatch):
-    """Each generator window's first `overlap` samples are the previous window's last ones."""
+    """Each generator window's first `overlap` samples are the previous window's last ones but for its
+    last EDGE_SECONDS, which the next window regenerates."""
     gen = models[0]["wave-generator"]
     seen = []
     run = cascade.run_stage
@@ -156,10 +157,11 @@ def test_long_form_windows_join_on_their_known_part(models, monkeypatch):
     monkeypatch.setattr(cascade, "run_stage", spy)
     out = _generate(models, "wave", cascade.AudioTask("long", overlap=0.125), seconds=1.25)
     assert out.shape == (2, 30000) and torch.isfinite(out).all()
-    assert len(seen) == 3 and seen[0][1] is None               # windows [0, 0.5), [0.375, 0.875), [0.75, 1.25) s
+    edge = 96                                                   # EDGE_SECONDS at 3.2 kHz
+    assert len(seen) == 4 and seen[0][1] is None               # windows start at 0, 1104, 2208, 3312 samples
     for (prev, _), (x, given) in zip(seen, seen[1:]):
         assert int(given.mask.sum()) == 400                     # 0.125 s at 3.2 kHz
-        assert torch.equal(x[..., :400], prev[..., -400:])
+        assert torch.equal(x[..., :400], prev[..., -400 - edge:-edge])
 
 
 def test_cascade_generate_past_the_clip_length_is_the_long_form(models):
