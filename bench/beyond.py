@@ -195,9 +195,9 @@ def first_stage(stages, enc, pipeline, prompts, task, seconds, seed, knobs):
     return data.fft_resample(audio.double(), rate, RATE).float().numpy()
 
 
-def long_joins(total, window, overlap, edge=cascade.EDGE_SECONDS):
+def long_joins(total, window, overlap, edge=cascade.EDGE_SECONDS, prefix=0.0):
     """Seconds at which generate_windows' windows join (where each window's known part ends)."""
-    joins, done = [], 0.0
+    joins, done = [], prefix
     while done < total - 1e-9:
         start = max(done - overlap, 0.0)
         if done > start:
@@ -317,7 +317,9 @@ def part_known(args, models, lines, mode):
                     out = run(models, args.pipeline, [prompt_for(attrs, leave_out=kind)], task, total, 100 + j, args.knobs)[0]
                     secs += len(out) / RATE
                     if mode == "continue":
-                        known, new, joins = slice(0, len(clip)), slice(len(clip), len(out)), [WINDOW]
+                        known, new = slice(0, len(clip)), slice(len(clip), len(out))
+                        joins = [WINDOW] + long_joins(len(out) / RATE, WINDOW, args.overlap,
+                                                      prefix=WINDOW - cascade.EDGE_SECONDS)[1:]
                     else:
                         a, b = (round(s * RATE) for s in args.region)
                         known, new, joins = np.r_[0:a, b:len(clip)], slice(a, b), list(args.region)
