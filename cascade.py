@@ -853,6 +853,7 @@ class AudioTask:
     overlap: float = DEFAULT_OVERLAP
     jump: int = 0
     resample: int = 1
+    edge: float = EDGE_SECONDS   # long-form, continuation: seconds at the end of a window (or clip) left to the generator
 
     @property
     def seconds(self):
@@ -975,11 +976,12 @@ def generate_first(stage, text_encoder, prompts, task, seconds, knob, generator,
     text = dict(text=emb, text_mask=mask, unconditional=_unconditional(prompts))
     if task.mode in ("long", "continue"):
         prefix = None
-        if task.mode == "continue":      # the clip's last EDGE_SECONDS are regenerated (see EDGE_SECONDS)
+        edge = math.ceil(task.edge * rate)
+        if task.mode == "continue":      # the clip's last task.edge seconds are regenerated (see EDGE_SECONDS)
             prefix = at_stage(spec, task.audio)[None]
-            prefix = prefix[..., :max(prefix.shape[-1] - math.ceil(EDGE_SECONDS * rate), 1)]
+            prefix = prefix[..., :max(prefix.shape[-1] - edge, 1)]
         return generate_windows(stage, knob, B, n, generator, prefix, round(task.overlap * rate), task.jump,
-                                task.resample, progress, math.ceil(EDGE_SECONDS * rate), **text)
+                                task.resample, progress, edge, **text)
     # inpainting: one generator window around the region
     given = known_at(spec, task, n, task.jump, task.resample)
     a, b = _window_around(task.region, seconds, spec.clip_seconds)

@@ -189,7 +189,7 @@ def first_stage(stages, enc, pipeline, prompts, task, seconds, seed, knobs):
     if given is not None:
         known = given.mask.expand_as(x1).clone()
         if task.mode == "continue":      # the generator regenerates the clip's last frames (cascade.EDGE_SECONDS)
-            known[..., int(given.mask.sum()) - math.ceil(cascade.EDGE_SECONDS * spec.frame_rate):] = False
+            known[..., int(given.mask.sum()) - math.ceil(task.edge * spec.frame_rate):] = False
         KNOWN_ERR[0] = max(KNOWN_ERR[0], float((x1 - given.known)[known].abs().max()))
     audio, rate = (data.griffin_lim(x1), data.MEL_SAMPLE_RATE) if spec.output == "spec" else (x1[:, 0], spec.sample_rate)
     return data.fft_resample(audio.double(), rate, RATE).float().numpy()
@@ -216,24 +216,24 @@ def part_tune(args, models, lines):
     lines += [f"## Settings chosen (seeds from {TUNE_SEED}, {len(prompts)} prompts, {seconds:g} s long-form)", "",
               SEAM_HEADER[0] + " median ratio, joins / inside | wall s |", SEAM_HEADER[1] + "---|---|"]
     best = None
-    for overlap, jump, resample in args.candidates:
+    for overlap, jump, resample, edge in args.candidates:
         t0 = time.perf_counter()
-        task = cascade.AudioTask("long", overlap=overlap, jump=jump, resample=resample)
+        task = cascade.AudioTask("long", overlap=overlap, jump=jump, resample=resample, edge=edge)
         audio = run(models, args.pipeline, prompts, task, seconds, TUNE_SEED, args.knobs)
-        joins = long_joins(seconds, WINDOW, overlap)
+        joins = long_joins(seconds, WINDOW, overlap, edge)
         at, inside = [], []
         for w in audio:
             a, b = seam_stats(w, joins)
             at, inside = at + a, inside + b
         score = np.median(at) / np.median(inside)
-        name = f"overlap {overlap:g} s, jump {jump}, r {resample}"
+        name = f"overlap {overlap:g} s, jump {jump}, r {resample}, edge {edge:g} s"
         lines.append(seam_row(name, at, inside) + f" {score:.2f} | {time.perf_counter() - t0:.0f} |")
         print(lines[-1], flush=True)
         if best is None or score < best[0]:
-            best = (score, overlap, jump, resample)
-    _, args.overlap, args.jump, args.resample = best
+            best = (score, overlap, jump, resample, edge)
+    _, args.overlap, args.jump, args.resample, args.edge = best
     lines += ["", f"Chosen (lowest median flux ratio, joins / inside): overlap {args.overlap:g} s, jump {args.jump}, "
-              f"r {args.resample}.", ""]
+              f"r {args.resample}, edge {args.edge:g} s.", ""]
 
 
 def part_long(args, models, lines):
@@ -241,7 +241,7 @@ def part_long(args, models, lines):
     kinds = args.long_kinds.split(",")
     pairs = {k: v for k, v in adherence.prompt_pairs(args.long_pairs).items() if k in kinds}
     prompts = [p for kind in kinds for pair in pairs[kind] for p in pair]
-    task = cascade.AudioTask("long", overlap=args.overlap, jump=args.jump, resample=args.resample)
+    task = cascade.AudioTask("long", overlap=args.overlap, jump=args.jump, resample=args.resample, edge=args.edge)
     waves, short, t0, t_long = [], [], time.perf_counter(), 0.0
     for i, p in enumerate(prompts):
         t1 = time.perf_counter()
@@ -253,7 +253,7 @@ def part_long(args, models, lines):
     n_win = int(args.long_seconds // WINDOW)
     lines += [f"## Long-form: {args.long_seconds:g} s, {args.pipeline} pipeline{' (generator only)' if FIRST_ONLY else ''}, "
               f"{args.long_pairs} prompt pairs per kind, "
-              f"overlap {args.overlap:g} s, jump {args.jump}, r {args.resample}", "",
+              f"overlap {args.overlap:g} s, jump {args.jump}, r {args.resample}, edge {args.edge:g} s", "",
               f"Pairs ordered right in each {WINDOW:g} s window of the long clips ({n_win} windows per clip), and in "
               f"{WINDOW:g} s clips of the same prompts and seeds (one generator window, no known part):", "",
               "| kind | " + " | ".join(f"{k * WINDOW:g}-{(k + 1) * WINDOW:g} s" for k in range(n_win))
@@ -275,7 +275,7 @@ def part_long(args, models, lines):
             if rows and len(rows) < len(pairs[kind]):
                 lines.append(f"| {kind}, {word} ({len(rows)} pairs) | " + " | ".join(f"{v:.0%}" for v in ok[rows].mean(0))
                              + f" | {ok[rows].mean():.0%} | {ok_short[rows].mean():.0%} |")
-    joins = long_joins(args.long_seconds, WINDOW, args.overlap)
+    joins = long_joins(args.long_seconds, WINDOW, args.overlap, args.edge)
     at, inside = [], []
     for w in waves:
         a, b = seam_stats(w, joins)
@@ -312,14 +312,15 @@ def part_known(args, models, lines, mode):
                 parts, given_parts = [], []
                 for clip, attrs in pair:
                     wave = torch.from_numpy(clip)
-                    task = cascade.AudioTask(mode, wave, RATE, region=tuple(args.region), jump=jump, resample=resample)
+                    task = cascade.AudioTask(mode, wave, RATE, region=tuple(args.region), jump=jump, resample=resample,
+                                             overlap=args.overlap, edge=args.edge)
                     total = WINDOW + args.continue_seconds if mode == "continue" else 0.0
                     out = run(models, args.pipeline, [prompt_for(attrs, leave_out=kind)], task, total, 100 + j, args.knobs)[0]
                     secs += len(out) / RATE
                     if mode == "continue":
                         known, new = slice(0, len(clip)), slice(len(clip), len(out))
-                        joins = [WINDOW] + long_joins(len(out) / RATE, WINDOW, args.overlap,
-                                                      prefix=WINDOW - cascade.EDGE_SECONDS)[1:]
+                        joins = [WINDOW] + long_joins(len(out) / RATE, WINDOW, args.overlap, args.edge,
+                                                      prefix=WINDOW - args.edge)[1:]
                     else:
                         a, b = (round(s * RATE) for s in args.region)
                         known, new, joins = np.r_[0:a, b:len(clip)], slice(a, b), list(args.region)
@@ -476,9 +477,11 @@ def parse(argv=None):
     p.add_argument("--upsample-clips", type=int, default=20)
     p.add_argument("--tune-prompts", type=int, default=4)
     p.add_argument("--tune-seconds", type=float, default=12.0)
-    p.add_argument("--tune-candidates", default="0.5:0:1,1:0:1,2:0:1,1:2:3",
-                   help="OVERLAP:JUMP:R settings tried by the tune part")
+    p.add_argument("--tune-candidates", default="1:0:1,2:0:1,1:2:3,2:0:1:0",
+                   help="OVERLAP:JUMP:R[:EDGE] settings tried by the tune part (EDGE: seconds at the end of each "
+                   f"window left to the next, default {cascade.EDGE_SECONDS:g})")
     p.add_argument("--overlap", type=float, default=cascade.DEFAULT_OVERLAP, help="used when the tune part is not run")
+    p.add_argument("--edge", type=float, default=cascade.EDGE_SECONDS, help="used when the tune part is not run")
     p.add_argument("--jump", type=int, default=sample.DEFAULT_JUMP)
     p.add_argument("--resample", type=int, default=sample.DEFAULT_RESAMPLE)
     p.add_argument("--first-stage", action="store_true", help="tune, long, continue, inpaint, init: score the generator's "
@@ -492,7 +495,8 @@ def parse(argv=None):
     args.knobs = sample.read_knobs(args, p)
     args.strengths = [float(s) for s in args.strengths.split(",")]
     args.region = [float(s) for s in args.region.split(":")]
-    args.candidates = [(float(o), int(j), int(r)) for o, j, r in (c.split(":") for c in args.tune_candidates.split(","))]
+    args.candidates = [(float(c[0]), int(c[1]), int(c[2]), float(c[3]) if len(c) > 3 else cascade.EDGE_SECONDS)
+                       for c in (c.split(":") for c in args.tune_candidates.split(","))]
     return args
 
 
