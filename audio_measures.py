@@ -181,3 +181,65 @@ def analyze(path, block_seconds=ANALYZE_BLOCK_SECONDS):
     return {"file": path, "sample_rate": rate, "seconds": total / rate,
             "onset_rate": onsets / (total / rate), "median_pitch": pitch,
             "note": midi_name(pitch), "percussive_ratio": percussive / energy if energy > 0 else 0.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# Fidelity: how clean and how tonal a clip is, and a timbre summary (bench/judge.py)
+
+def noise_floor_db(wave, sample_rate, band_hz=8000.0, peak_share=0.001):
+    """How far the spectrogram's floor lies under its peaks, in dB (larger = cleaner).
+
+    Power STFT (64 ms Hann window, 16 ms hop); the bins above DC and below min(band_hz, Nyquist);
+    the peak level is the (1 - peak_share) quantile of their dB values (the loudest 0.1% of
+    bins: the partials), the floor their median. A clean tonal clip has most bins between partials
+    and between notes, far under its peaks; white noise of any level lifts the median towards them
+    (white noise alone: ~10 dB).
+    """
+    power, _ = _stft_power(wave, sample_rate, 0.064, 0.016)
+    freqs = np.arange(power.shape[0]) * sample_rate / (2 * (power.shape[0] - 1))
+    db = 10.0 * np.log10(power[(freqs > 0) & (freqs < min(band_hz, sample_rate / 2))] + 1e-20)
+    return float(np.quantile(db, 1.0 - peak_share) - np.median(db))
+
+
+def confident_note_fraction(wave, sample_rate, threshold=0.6, fmin=30.0, fmax=1600.0):
+    """Share of the clip's non-quiet frames where a pitch tracker finds a confident note, in [0, 1].
+
+    The NSDF pitch tracker of `median_pitch` (McLeod & Wyvill 2005) at 16 kHz: 1024-sample frames
+    (64 ms, short enough that most frames of a fast tune hold one note) every 256 samples; a frame is
+    quiet when its RMS is more than 20 dB under the loudest frame's; a frame holds a confident note
+    when its best key maximum of the NSDF at lags of fmin..fmax reaches `threshold` (a clean
+    periodic tone: ~1; noise: well under 0.5). On real toy-corpus clips (chords and drums included)
+    0.6 finds notes in ~97% of frames; white noise 10 dB under the music brings that to ~87%.
+    Returns nan for a silent clip.
+    """
+    wave = np.asarray(wave, dtype=np.float64)
+    if sample_rate != PITCH_RATE:
+        wave, sample_rate = data.fft_resample(wave, sample_rate, PITCH_RATE), PITCH_RATE
+    n = 1024
+    wave = np.pad(wave, (0, max(0, n - len(wave))))
+    starts = np.arange(0, len(wave) - n + 1, n // 4)
+    frames = wave[starts[:, None] + np.arange(n)[None, :]]
+    rms = np.sqrt((frames ** 2).mean(axis=1))
+    if rms.max() <= 0:
+        return math.nan
+    frames = frames[rms > 0.1 * rms.max()]
+    lo, hi = max(2, int(sample_rate / fmax)), min(int(math.ceil(sample_rate / fmin)), n // 2 - 2)
+    d = _nsdf(frames)[:, lo - 1:hi + 2]
+    mid = d[:, 1:-1]
+    peak = (mid > 0) & (mid >= d[:, :-2]) & (mid > d[:, 2:])
+    best = np.where(peak, mid, -np.inf).max(axis=1)
+    return float((best >= threshold).mean())
+
+
+def mfcc_stats(wave, sample_rate, n_coeffs=20):
+    """Mean and standard deviation over frames of the first n_coeffs MFCCs: a (2 n_coeffs,) array.
+
+    MFCCs here are the orthonormal DCT-II along frequency of data.log_mel (80 HTK-mel bands to
+    8 kHz, 100 frames per second, dB mapped to [-1, 1]); audio at another rate is brought to 16 kHz
+    first, so that clips of any stage compare.
+    """
+    from scipy.fft import dct
+
+    spec = data.log_mel(np.asarray(wave, dtype=np.float32), sample_rate)          # (80, frames)
+    mfcc = dct(spec.astype(np.float64), type=2, axis=0, norm="ortho")[:n_coeffs]   # (n_coeffs, frames)
+    return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)])

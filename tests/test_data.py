@@ -428,6 +428,46 @@ def test_measurements_on_closed_form_signals():
     assert audio_measures.percussive_ratio(sine, sr) < 0.05 < audio_measures.percussive_ratio(clicks, sr)
 
 
+def test_noise_floor_falls_as_noise_is_added():
+    """A clean tone's floor lies far under its peaks; each 10 dB more white noise lifts it; noise alone ~10 dB."""
+    sr, rng = 16000, np.random.default_rng(0)
+    t = np.arange(2 * sr) / sr
+    tone = 0.1 * np.sin(2 * np.pi * 440 * t) + 0.05 * np.sin(2 * np.pi * 880 * t)
+    floors = [audio_measures.noise_floor_db(tone + level * rng.standard_normal(len(t)), sr)
+              for level in (0.0, 1e-4, 1e-3, 1e-2)]
+    assert floors[0] > 100 and all(a > b + 5 for a, b in zip(floors, floors[1:]))
+    assert 5 < audio_measures.noise_floor_db(rng.standard_normal(len(t)), sr) < 20
+    # only the band under 8 kHz (and under Nyquist) counts: hiss above 8 kHz at 24 kHz changes nothing
+    t24 = np.arange(2 * 24000) / 24000
+    tone24 = np.sin(2 * np.pi * 440 * t24) + 1e-3 * rng.standard_normal(len(t24))
+    high = np.fft.irfft(np.where(np.fft.rfftfreq(len(t24), 1 / 24000) > 8500,
+                                 np.fft.rfft(0.1 * rng.standard_normal(len(t24))), 0), n=len(t24))
+    assert abs(audio_measures.noise_floor_db(tone24 + high, 24000) - audio_measures.noise_floor_db(tone24, 24000)) < 3
+
+
+def test_confident_notes_in_tones_and_real_clips_not_in_noise():
+    sr, rng = 16000, np.random.default_rng(1)
+    t = np.arange(2 * sr) / sr
+    tone = sum(np.sin(2 * np.pi * h * 196.0 * t) / h for h in range(1, 6))
+    assert audio_measures.confident_note_fraction(tone, sr) == 1.0
+    assert audio_measures.confident_note_fraction(rng.standard_normal(2 * sr), sr) < 0.2
+    assert math.isnan(audio_measures.confident_note_fraction(np.zeros(sr), sr))
+    solo = _measure(audio_measures.confident_note_fraction, 24000, n=4, seed=2, drums=False)
+    assert solo.min() > 0.85
+
+
+def test_mfcc_stats_match_across_rates_and_separate_tones_from_noise():
+    sr, rng = 16000, np.random.default_rng(2)
+    t = np.arange(2 * sr) / sr
+    tone = 0.1 * np.sin(2 * np.pi * 330 * t)
+    stats = audio_measures.mfcc_stats(tone, sr)
+    assert stats.shape == (40,)
+    at24 = audio_measures.mfcc_stats(data.fft_resample(tone, sr, 24000), 24000)
+    assert np.abs(at24 - stats).max() < 1e-3
+    noise = audio_measures.mfcc_stats(0.1 * rng.standard_normal(len(t)), sr)
+    assert np.linalg.norm(noise - stats) > 1.0
+
+
 # ----------------------------------------------------------------------------------------------
 # Command lines: --help works, bad usage exits 2 with one line and no traceback
 
