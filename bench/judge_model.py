@@ -166,7 +166,7 @@ def harmonic_profile(f0, frames, count=8):
     """Median over voiced frames of the level (dB) of harmonics 2..count against the fundamental."""
     if len(f0) == 0:
         return np.full(count - 1, -60.0)
-    nfft = 8192
+    nfft = 4096
     mag = np.abs(np.fft.rfft(frames * np.hanning(frames.shape[1]), n=nfft, axis=1))
     levels = []
     for h in range(1, count + 1):
@@ -186,9 +186,9 @@ def _rotate_to_major(hist):
     return np.roll(hist, -int(np.argmax(scores))), int(np.argmax(scores))
 
 
-def _chroma(wave, lo, hi):
-    """Spectral chroma (12,) of the band lo..hi Hz: log-compressed power folded to pitch classes."""
-    power, _ = audio_measures._stft_power(wave, RATE, 0.128, 0.032)
+def _chroma(power, lo, hi):
+    """Spectral chroma (12,) of the band lo..hi Hz of a power STFT (F, frames): log-compressed power
+    folded to pitch classes."""
     freqs = np.arange(power.shape[0]) * RATE / (2 * (power.shape[0] - 1))
     band = (freqs >= lo) & (freqs <= hi)
     pcs = np.round(12 * np.log2(freqs[band] / 440.0) + 69).astype(int) % 12
@@ -234,6 +234,7 @@ def features(wave, rate):
     midi = 69 + 12 * np.log2(np.maximum(f0, 1) / 440.0) if len(f0) else np.array([60.0])
     notes, tonic = mode_features(f0, rms)
     roll = lambda h: np.roll(h, -tonic)
+    power, _ = audio_measures._stft_power(wave, RATE, 0.128, 0.064)
     parts = [
         tempo_features(spec_db, wave),
         _mfcc_stats(spec),
@@ -241,7 +242,7 @@ def features(wave, rate):
         np.percentile(midi, [10, 50, 90]) / 100, [len(f0) / max(1, len(frames) + 1)],
         harmonic_profile(f0, frames) / 20,
         percussive_features(spec_db),
-        notes * 12, roll(_chroma(wave, 100, 2000)) * 12, roll(_chroma(wave, 100, 260)) * 12,
+        notes * 12, roll(_chroma(power, 100, 2000)) * 12, roll(_chroma(power, 100, 260)) * 12,
     ]
     return np.concatenate([np.asarray(p, dtype=np.float64).ravel() for p in parts])
 
