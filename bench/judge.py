@@ -1,7 +1,8 @@
 """Does a generated clip sound like what it was asked for, and like the corpus? A judge trained on real clips.
 
-    python bench/judge.py generate --set eval --out FILE [--pipelines wave,spec] [--seeds 0,1]
-                                   [--from FILE --restart STAGE] [sample.py's --STAGE-FIELD knobs]
+    python bench/judge.py generate --set eval --out FILE [--pipelines wave,spec] [--seeds 0,1] [--every K]
+                                   [--from FILE | --real] [--restart STAGE|second|third]
+                                   [sample.py's --STAGE-FIELD knobs]
     python bench/judge.py score FILE... [--out bench/results_judge.md] [--judge /tmp/judge.pt]
 
 `generate` runs the shipped cascade (sample.py's code path, cascade.cascade_generate) on a prompt
@@ -9,7 +10,8 @@ set of bench/judge_prompts.py (every tempo x instrument x drums x mode, phrased 
 seed and pipeline, and stores every stage's output. With --from and --restart (the second or third
 stage of the pipeline), the earlier stages' outputs are taken from a stored run and only the later
 stages are sampled again, with the knobs given: a sampler setting of a later stage is tried without
-paying for the generator again.
+paying for the generator again. With --real, the generator's output is a real clip of the prompted
+attributes (taken to 3.2 kHz, or its log-mel): the later stages' own fidelity.
 
 `score` measures stored runs, per stage (the spectrogram generator's log-mel heard through
 data.griffin_lim, as bench/adherence.py does):
@@ -85,15 +87,29 @@ def regenerate(stages, text_encoder, pipeline, prompts, seed, knobs, batch, stor
     return {n: (torch.cat(v) if isinstance(v, list) else v) for n, v in out.items()}
 
 
+def real_first_stage(prompts, pipeline, seed):
+    """Stored-run layout holding, as the generator's output, real clips with the prompted attributes (tunes
+    the judge never trained on): taken down to 3.2 kHz, or their log-mels."""
+    _, heldout = jm.split_tunes(toy_corpus.load_tunes())
+    clips, _ = jm.render_real(heldout, len(prompts), seed + 99, fixed=[a for _, a in prompts])
+    x = torch.tensor(np.stack(clips), dtype=torch.float32)[:, None]                    # (N, 1, T) at 16 kHz
+    if pipeline == "wave":
+        return {"wave-generator": data.fft_resample(x.double(), jm.RATE, 3200).float()}
+    return {"spec-generator": data.log_mel(x[:, 0], jm.RATE)}
+
+
 def generate(args, p):
     knobs = sample.read_knobs(args, p)
-    prompts = prompt_set(args.set)
+    prompts = prompt_set(args.set)[::args.every]
     texts = [t for t, _ in prompts]
     seeds = [int(s) for s in args.seeds.split(",")]
     stored = torch.load(args.from_, weights_only=True) if args.from_ else None
+    if args.real:
+        stored = {"runs": {f"{pl}/{sd}": real_first_stage(prompts, pl, sd) for pl in args.pipelines.split(",")
+                           for sd in seeds}}
     t0 = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
-    result = {"set": args.set, "prompts": texts, "attributes": [a for _, a in prompts], "seeds": seeds,
+    result = {"set": args.set + (" (real clips as the generator's output)" if args.real else ""), "prompts": texts, "attributes": [a for _, a in prompts], "seeds": seeds,
               "knobs": {s: {k: v for k, v in vars(kn).items() if v is not None} for s, kn in knobs.items()},
               "runs": {}}
     for pipeline in args.pipelines.split(","):
@@ -101,7 +117,8 @@ def generate(args, p):
         for seed in seeds:
             key = f"{pipeline}/{seed}"
             if stored is not None:
-                restart = args.restart if args.restart in cascade.PIPELINES[pipeline] else None
+                restart = {"second": cascade.PIPELINES[pipeline][1], "third": cascade.PIPELINES[pipeline][2]}.get(
+                    args.restart, args.restart if args.restart in cascade.PIPELINES[pipeline] else None)
                 if restart is None or restart == cascade.PIPELINES[pipeline][0]:
                     p.error(f"--restart must name the second or third stage of the {pipeline} pipeline")
                 result["runs"][key] = regenerate(stages, text_encoder, pipeline, texts, seed, knobs, args.batch,
@@ -132,23 +149,38 @@ def train_judge(n_train, n_heldout, copies, seed, log):
         if i % 100 == 99:
             log(f"judge training features: {i + 1}/{n_train} clips")
     x = np.stack(x)
-    models = {name: jm.fit(x, jm.labels(y_attrs, name), len(classes)) for name, classes in jm.ATTRIBUTES.items()}
     held, held_attrs = jm.render_real(heldout_tunes, n_heldout, seed + 1)
-    accuracy = {}
+    held_x = {}
     for column, fn in [("clean", None)] + list(jm.DEGRADATIONS.items()):
-        xh = np.stack([jm.features(c if fn is None else fn(c, rng), jm.RATE) for c in held])
-        accuracy[column] = {name: float((jm.predict(m, xh) == jm.labels(held_attrs, name)).mean())
-                            for name, m in models.items()}
-        log(f"judge held-out, {column}: " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy[column].items()))
+        held_x[column] = np.stack([jm.features(c if fn is None else fn(c, rng), jm.RATE) for c in held])
+        log(f"judge held-out features, {column}")
     combos = [a for _, a in prompt_set("eval")]
     reference, ref_attrs = jm.render_real(heldout_tunes, 2 * len(combos), seed + 2, fixed=combos + combos)
-    return {"models": models, "accuracy": accuracy, "n": (n_train, n_heldout, copies),
-            "reference": np.stack(reference).astype(np.float32), "reference_attrs": ref_attrs}
+    judge = {"train_x": x, "train_attrs": y_attrs, "held_x": held_x, "held_attrs": held_attrs,
+             "n": (n_train, n_heldout, copies), "reference": np.stack(reference).astype(np.float32),
+             "reference_attrs": ref_attrs}
+    return fit_judge(judge, log)
+
+
+def fit_judge(judge, log):
+    """The classifiers fitted on the stored training features, and their held-out accuracy (clips whose
+    value is a class: a medium tempo is not scored)."""
+    judge["models"] = {name: jm.fit(judge["train_x"], jm.labels(judge["train_attrs"], name), len(classes))
+                       for name, classes in jm.ATTRIBUTES.items()}
+    judge["accuracy"] = {}
+    for column, xh in judge["held_x"].items():
+        acc = {}
+        for name, m in judge["models"].items():
+            y = jm.labels(judge["held_attrs"], name)
+            acc[name] = float((jm.predict(m, xh[y >= 0]) == y[y >= 0]).mean())
+        judge["accuracy"][column] = acc
+        log(f"judge held-out, {column}: " + ", ".join(f"{k} {v:.0%}" for k, v in acc.items()))
+    return judge
 
 
 def load_judge(path, args, log):
     if os.path.isfile(path):
-        return torch.load(path, weights_only=False)
+        return fit_judge(torch.load(path, weights_only=False), log)
     judge = train_judge(args.train_clips, args.heldout_clips, args.copies, args.judge_seed, log)
     torch.save(judge, path)
     return judge
@@ -269,7 +301,10 @@ def score(args):
     t0 = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
     judge = load_judge(args.judge, args, log)
-    rows, scale = real_rows(judge, log)
+    if "real_rows" not in judge:              # measured once, kept with the judge
+        judge["real_rows"] = real_rows(judge, log)
+        torch.save(judge, args.judge)
+    rows, scale = judge["real_rows"]
     acc = judge["accuracy"]
     n_train, n_held, copies = judge["n"]
     lines = [f"# Fidelity of the toy cascade, judged by classifiers trained on real clips", "",
@@ -305,7 +340,10 @@ def main():
     g.add_argument("--seeds", default="0,1")
     g.add_argument("--batch", type=int, default=8)
     g.add_argument("--from", dest="from_", metavar="FILE", help="a stored run whose earlier stages are kept")
-    g.add_argument("--restart", help="with --from: the stage to sample again from (and the ones after it)")
+    g.add_argument("--restart", help="with --from or --real: the stage to sample again from (and the ones after it)")
+    g.add_argument("--real", action="store_true", help="the generator's output replaced by real clips of the "
+                   "prompted attributes (the later stages' own fidelity); needs --restart")
+    g.add_argument("--every", type=int, default=1, help="every K-th prompt of the set only (K = 1: all 40)")
     sample.add_knob_flags(g)
     s = sub.add_parser("score", help="judge stored runs, per stage")
     s.add_argument("files", nargs="*", help="files of `generate` (none: train the judge and measure real clips)")
@@ -320,7 +358,11 @@ def main():
     torch.set_num_threads(1)
     if args.command == "generate":
         if args.from_ and not os.path.isfile(args.from_):
-            p.error(f"--from {args.from_}: no such file")
+            g.error(f"--from {args.from_}: no such file")
+        if (args.from_ or args.real) and not args.restart:
+            g.error("--from and --real need --restart STAGE")
+        if args.every < 1:
+            g.error("--every must be at least 1")
         generate(args, g)
     else:
         missing = [f for f in args.files if not os.path.isfile(f)]
