@@ -100,16 +100,22 @@ def real_first_stage(prompts, pipeline, seed):
 
 def generate(args, p):
     knobs = sample.read_knobs(args, p)
-    prompts = prompt_set(args.set)[::args.every]
-    texts = [t for t, _ in prompts]
+    prompts = prompt_set(args.set)
+    if args.every > 1:      # a fixed random subset, so that it holds both values of every attribute
+        keep = np.sort(np.random.default_rng(0).permutation(len(prompts))[:len(prompts) // args.every])
+        prompts = [prompts[i] for i in keep]
     seeds = [int(s) for s in args.seeds.split(",")]
     stored = torch.load(args.from_, weights_only=True) if args.from_ else None
+    if stored is not None:                   # the stored run's own prompts, in its order
+        prompts = list(zip(stored["prompts"], stored["attributes"]))
+    texts = [t for t, _ in prompts]
     if args.real:
         stored = {"runs": {f"{pl}/{sd}": real_first_stage(prompts, pl, sd) for pl in args.pipelines.split(",")
                            for sd in seeds}}
     t0 = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
-    result = {"set": args.set + (" (real clips as the generator's output)" if args.real else ""), "prompts": texts, "attributes": [a for _, a in prompts], "seeds": seeds,
+    name = args.set + (" (real clips as the generator's output)" if args.real else "")
+    result = {"set": name, "prompts": texts, "attributes": [a for _, a in prompts], "seeds": seeds,
               "knobs": {s: {k: v for k, v in vars(kn).items() if v is not None} for s, kn in knobs.items()},
               "runs": {}}
     for pipeline in args.pipelines.split(","):
@@ -180,9 +186,12 @@ def fit_judge(judge, log):
 
 def load_judge(path, args, log):
     if os.path.isfile(path):
-        return fit_judge(torch.load(path, weights_only=False), log)
+        judge = fit_judge(torch.load(path, weights_only=False), log)
+        judge["mtime"] = os.path.getmtime(path)
+        return judge
     judge = train_judge(args.train_clips, args.heldout_clips, args.copies, args.judge_seed, log)
     torch.save(judge, path)
+    judge["mtime"] = os.path.getmtime(path)
     return judge
 
 
@@ -246,8 +255,12 @@ def real_rows(judge, log):
 
 
 def stored_rows(path, judge, log):
-    """{row name: (measurements, prompted attributes, seed pairs)} for every run and stage of a stored file."""
+    """{row name: (measurements, prompted attributes, seed pairs)} for every run and stage of a stored file;
+    kept in PATH.judged beside it (measured again when the file or the judge is newer)."""
     stored = torch.load(path, weights_only=True)
+    cache = path + ".judged"
+    if os.path.isfile(cache) and os.path.getmtime(cache) > max(os.path.getmtime(path), judge["mtime"]):
+        return torch.load(cache, weights_only=False), stored
     rows = {}
     for pipeline in ("wave", "spec"):
         keys = [k for k in stored["runs"] if k.startswith(pipeline + "/")]
@@ -264,6 +277,7 @@ def stored_rows(path, judge, log):
             label = f"{pipeline}: {stage}" + (" (Griffin-Lim)" if stage == "spec-generator" else "")
             rows[label] = (measure_clips(judge, clips, rate), attrs, pairs)
             log(f"measured {path} {label}")
+    torch.save(rows, cache)
     return rows, stored
 
 
@@ -311,6 +325,7 @@ def score(args):
     if "real_rows" not in judge:              # measured once, kept with the judge
         judge["real_rows"] = real_rows(judge, log)
         torch.save(judge, args.judge)
+        judge["mtime"] = os.path.getmtime(args.judge)
     rows, scale = judge["real_rows"]
     acc = judge["accuracy"]
     n_train, n_held, copies = judge["n"]
