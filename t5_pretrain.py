@@ -17,7 +17,6 @@ the encoder's output predicts each original token (a per-token head, as SpanBERT
 2020). Only the encoder is kept; the head is dropped.
 """
 import argparse
-import os
 import sys
 import time
 

@@ -329,7 +329,7 @@ def score(args):
     rows, scale = judge["real_rows"]
     acc = judge["accuracy"]
     n_train, n_held, copies = judge["n"]
-    lines = [f"# Fidelity of the toy cascade, judged by classifiers trained on real clips", "",
+    lines = ["# Fidelity of the toy cascade, judged by classifiers trained on real clips", "",
              f"Judge (bench/judge_model.py): trained on {n_train} real clips of 80% of the tunes, each clean and in "
              f"{copies} randomly degraded copies; accuracy on {n_held} real clips of the other tunes:", "",
              "| held-out real clips | " + " | ".join(jm.ATTRIBUTES) + " |", "|---" * 5 + "|"]
