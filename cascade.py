@@ -300,35 +300,24 @@ PRESETS = {
         steps=ByScale(toy=15, small=800, full=800),
         step_schedule="front-heavy", gamma=0.0, w=1.0, **_toy_ode(5),
         keep_band=True),                        # both scales; see keep_input_band
-    # Stereo super-res (not in the paper, whose cascade ends in mono): the mono 16 kHz output in,
-    # stereo 24 kHz out. The U-Net makes two channels, mid M = (L + R) / 2 and side S = (L - R) / 2,
-    # from the mono input, with super-res's U-Net and recipe otherwise (only in_channels = 2).
-    # Why mid and side rather than left and right: the mid is what the mono super-res makes (the
-    # mix-down of the training clip), so its band below 8 kHz is the input exactly (keep_input_band
-    # on the mid alone), and the mix-down (L + R) / 2 = M is the mono cascade's output by
-    # construction, whatever the side holds; the side is the one new thing the stage learns (the
-    # place of each sound, the room), and a centred source costs it nothing (S = 0). With L and R
-    # the network would have to make the same low band twice, and the mono output would only
-    # approximately survive a mix-down. L = M + S, R = M - S (mid_side_to_lr).
-    "stereo": dict(
-        _RECIPE, output="wave", sample_rate=24000, frame_rate=24000, cond_rate=16000, aligned=False,
-        token_len=0, channels=2,
-        unet=_unets(
-            toy=UNetConfig(base_dim=16, kernel_size=5, strides=(4, 4, 4), channel_mults=(1, 2, 4),
-                           blocks=(2, 2, 1), self_attn=(F,) * 3, cross_attn=(F,) * 3, heads=4,
-                           in_channels=2, cond_channels=1, aug_level=True),
-            full=UNetConfig(base_dim=256, kernel_size=7, strides=(4,) * 4, channel_mults=(1, 1, 2, 2),
-                            blocks=(4,) * 4, self_attn=(F,) * 4, cross_attn=(F,) * 4, heads=8,
-                            in_channels=2, cond_channels=1, aug_level=True)),
-        crop_seconds=_CROPS, loss_weighting="unit",
-        schedule=ByScale(toy=shifted("linear"), small="linear", full="linear"),
-        augmentation=Augmentation(t_max=1.0),
-        train_steps=ByScale(toy=1500, small=13_500, full=270_000),     # toy: 33 min on a busy 2-core CPU
-        accumulate_to=ByScale(toy=0, small=512, full=4096),
-        steps=ByScale(toy=15, small=800, full=800),
-        step_schedule="front-heavy", gamma=0.0, w=1.0,
-        keep_band=True),                        # the mid's band; see keep_input_band
 }
+
+# Stereo super-res (not in the paper, whose cascade ends in mono): the mono 16 kHz output in,
+# stereo 24 kHz out. The U-Net makes two channels, mid M = (L + R) / 2 and side S = (L - R) / 2,
+# from the mono input, with super-res's U-Net and recipe otherwise (in_channels = 2).
+# Why mid and side rather than left and right: the mid is what the mono super-res makes (the
+# mix-down of the training clip), so its band below 8 kHz is the input exactly (keep_input_band
+# on the mid alone), and the mix-down (L + R) / 2 = M is the mono cascade's output by
+# construction, whatever the side holds; the side is the one new thing the stage learns (the
+# place of each sound, the room), and a centred source costs it nothing (S = 0). With L and R
+# the network would have to make the same low band twice, and the mono output would only
+# approximately survive a mix-down. L = M + S, R = M - S (mid_side_to_lr).
+PRESETS[STEREO] = dict(
+    PRESETS["super-res"], channels=2,
+    unet=ByScale(**{scale: replace(u, in_channels=2) for scale, u in PRESETS["super-res"]["unet"].items()}),
+    train_steps=ByScale(toy=1500, small=13_500, full=270_000),      # toy: 33 min on a busy 2-core CPU
+    sampler="ancestral", ode_steps=0)   # eq. 4 at 15 steps: its placement was measured with it
+
 MEL_PROJECTION_PEAK = 0.9
 
 
