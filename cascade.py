@@ -736,12 +736,7 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
                               device, progress, keep, timings, stereo)
     gen = torch.Generator().manual_seed(seed)
     bar = lambda name: progress and progress(name)
-    lap = _stopwatch(timings)
-
-    def done(name, x):
-        lap(name)
-        if keep is not None:
-            keep[name] = x.cpu()
+    done = _stage_done(timings, keep)
 
     x1 = first_stage(first, text_encoder, prompts, seconds, knobs[names[0]], gen, bar(names[0]))
     done(names[0], x1)
@@ -752,16 +747,19 @@ def cascade_generate(stages, text_encoder, prompts, pipeline, seconds, seed, kno
     return final_audio(x3)
 
 
-def _stopwatch(timings):
-    """lap(name) adds the seconds since the previous lap (or since this call) to timings[name]."""
+def _stage_done(timings, keep):
+    """done(name, x) when a stage ends: adds the seconds since the previous stage ended (or since this
+    call) to timings[name], and keeps a CPU copy of its output x in keep[name] (either dict may be None)."""
     clock = [time.perf_counter()]
 
-    def lap(name):
+    def done(name, x):
         now = time.perf_counter()
         if timings is not None:
             timings[name] = timings.get(name, 0.0) + now - clock[0]
         clock[0] = now
-    return lap
+        if keep is not None:
+            keep[name] = x.cpu()
+    return done
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1014,12 +1012,7 @@ def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs
     n1, n2, n3 = stage_lengths(first, seconds)
     gen, B = torch.Generator().manual_seed(seed), len(prompts)
     bar = lambda name: progress and progress(name)
-    lap = _stopwatch(timings)
-
-    def done(name, x):
-        lap(name)
-        if keep is not None:
-            keep[name] = x.cpu()
+    done = _stage_done(timings, keep)
 
     if task.mode != "upsample":
         x1 = generate_first(stages[names[0]], text_encoder, prompts, task, seconds, knobs[names[0]], gen, bar(names[0]))
