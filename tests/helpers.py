@@ -2,6 +2,7 @@
 whole cascade trained for one step."""
 import json
 import os
+import socket
 
 import numpy as np
 import sentencepiece as spm
@@ -11,6 +12,21 @@ import torch
 import cascade
 import text
 import train
+
+def free_port():
+    """A TCP port no one listens on now, for a torchrun rendezvous (a fixed port may still be held by an
+    earlier run's socket)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_error(r):
+    """The start and the end of a failed process's stderr (a rank's own error is printed first, the
+    launcher's summary last)."""
+    err = r.stderr
+    return err if len(err) < 4000 else err[:2000] + "\n...\n" + err[-2000:]
+
 
 CAPTIONS = ["a slow piano tune in a major key", "fast drums and bass", "a gentle flute melody",
             "an organ chorale, solo", "lo-fi guitar ballad", "a minor folk reel on the guitar"]

@@ -13,7 +13,7 @@ import torch
 
 import cascade
 import train
-from tests.helpers import write_tiny_t5, write_tone_manifest
+from tests.helpers import free_port, process_error, write_tiny_t5, write_tone_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,12 +144,12 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     manifest, t5 = corpus
     driver = tmp_path / "driver.py"
     driver.write_text(_DDP_DRIVER.format(root=ROOT, out=str(tmp_path / "digests.json")))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(driver),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", str(driver),
            "--stage", "super-res", "--data", manifest, "--out", str(tmp_path / "ddp"), "--steps", "2",
            "--batch-size", "2", "--workers", "0", "--eval-every", "0", "--device", "cpu"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, process_error(r)
     digests = json.loads((tmp_path / "digests.json").read_text())
     ckpt = torch.load(tmp_path / "ddp" / "super-res.pt", weights_only=True)
     saved = hashlib.md5(b"".join(v.numpy().tobytes() for v in ckpt["model"].values())).hexdigest()
