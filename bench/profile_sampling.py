@@ -18,7 +18,6 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cascade  # noqa: E402
-import diffusion  # noqa: E402
 import text  # noqa: E402
 
 KINDS = {"conv": ("conv", "mkldnn_convolution"), "attention": ("attention", "bmm", "softmax", "_flash"),
@@ -47,13 +46,15 @@ def stage_inputs(stage, name, seconds, batch, encoder):
     return (batch, 1, T), kw
 
 
-def shares(prof):
-    totals, total = {k: 0.0 for k in KINDS}, 0.0
+def shares(prof, kinds=KINDS):
+    """({kind: self CPU time of the aten ops whose name holds one of its keys, "other aten": the rest},
+    total self CPU time of aten ops), from a torch.profiler run; an op counts for its first kind."""
+    totals, total = {k: 0.0 for k in kinds}, 0.0
     for ev in prof.key_averages():
         if not ev.key.startswith("aten::"):
             continue
         total += ev.self_cpu_time_total
-        for kind, keys in KINDS.items():
+        for kind, keys in kinds.items():
             if any(k in ev.key for k in keys):
                 totals[kind] += ev.self_cpu_time_total
                 break

@@ -28,10 +28,13 @@ from dataclasses import replace
 
 import torch
 import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cascade  # noqa: E402
+import profile_sampling  # noqa: E402
 from unet1d import UNet1D, count_parameters  # noqa: E402
 
 
@@ -82,21 +85,13 @@ def reference_rate(channels, length, kernel, batch, repeats, device):
 
 
 def layer_shares(step):
-    from torch.profiler import ProfilerActivity, profile
+    """Each layer kind's share of one call of `step`'s self CPU time (profile_sampling.shares)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     kinds = {"conv": ("conv", "mkldnn"), "attention": ("attention", "bmm", "softmax"),
              "norm": ("group_norm", "native_group_norm"), "matmul": ("addmm", "mm", "linear"), "swish": ("silu",)}
-    totals, total = {k: 0.0 for k in kinds}, 0.0
-    for ev in prof.key_averages():
-        if not ev.key.startswith("aten::"):
-            continue
-        total += ev.self_cpu_time_total
-        for kind, keys in kinds.items():
-            if any(k in ev.key for k in keys):
-                totals[kind] += ev.self_cpu_time_total
-                break
-    return {k: v / max(total, 1) for k, v in totals.items()}
+    totals, total = profile_sampling.shares(prof, kinds)
+    return {k: totals[k] / max(total, 1) for k in kinds}
 
 
 def _stand_in(name, **attrs):
