@@ -37,7 +37,6 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import cascade  # noqa: E402
-import diffusion  # noqa: E402
 import sample  # noqa: E402
 
 # The toy presets' sampling before the second-order sampler: eq. 4 at these step counts.

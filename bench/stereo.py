@@ -26,7 +26,6 @@ import sys
 import time
 
 import numpy as np
-import soundfile as sf
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
