@@ -118,7 +118,7 @@ def pack(out, variants, encoders, dest, limit=16 * 2**20):
     for log in sorted(os.listdir(out)):
         if log.endswith(".log"):
             files.append((os.path.join(out, log), log))
-    groups, size = [[]], 0
+    groups = [[]]
     for path, arc in sorted(files, key=lambda f: -os.path.getsize(f[0])):
         placed = False
         for g in groups:         # first fit, largest first
