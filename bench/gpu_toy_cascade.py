@@ -10,8 +10,8 @@ so that it ends by the shared deadline (--minutes after the start); its log, los
 land in OUT/VARIANT/. The stages that read text are trained once per encoder given with --t5
 (`wave-generator@text` is the wave generator conditioned on the encoder named `text`). With --pack,
 every variant's inference export (EMA in float16, train.export_inference) is written there as
-tar files of at most 16 MiB, with the logs; `wave-generator@*` also keeps its EMA at a quarter, a half
-and three quarters of its run (`wave-generator.stepN.pt`), for a curve of quality against training time.
+tar files of at most 16 MiB, with the logs; the wave generator of the last --t5 also keeps its EMA at a
+quarter, a half and three quarters of its run (`wave-generator.stepN.pt`), for a curve of quality against training time.
 
 The CPU equivalent of a variant is `python train.py --stage STAGE --batch-size B --steps N [--t5 DIR]`
 with its B and N from OUT/VARIANT/result.json (a variant with a `unet` change also needs that change
@@ -78,9 +78,9 @@ def train_child(args):
     steps = max(args.min_steps, int(0.9 * left * rate))
     print(f"{args.child}: probe {rate:.2f} steps/s ({time.time() - t0:.0f} s with loading) -> {steps} steps",
           flush=True)
-    if stage == SNAPSHOT_STAGE:
+    if args.snapshots:
         steps -= steps % 4
-    marks = {steps * k // 4 for k in (1, 2, 3)} if stage == SNAPSHOT_STAGE else set()
+    marks = {steps * k // 4 for k in (1, 2, 3)} if args.snapshots else set()
     save = train.save_checkpoint
 
     def save_and_keep(cfg, stage_, step, model, ema, *rest):
@@ -151,6 +151,7 @@ def main():
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
     p.add_argument("--t5-path", help=argparse.SUPPRESS)
+    p.add_argument("--snapshots", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -176,6 +177,7 @@ def main():
                "--out", os.path.join(args.out, name), "--workers", str(args.workers), "--device", args.device,
                "--probe-steps", str(args.probe_steps), "--min-steps", str(args.min_steps)]
         cmd += ["--t5-path", os.path.abspath(encoders[enc])] if enc else []
+        cmd += ["--snapshots"] if base == SNAPSHOT_STAGE and enc == list(encoders)[-1] else []
         procs[name] = subprocess.Popen(cmd, stdout=open(os.path.join(args.out, f"{name}.log"), "w"),
                                        stderr=subprocess.STDOUT,
                                        env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
