@@ -1,6 +1,7 @@
 """A text-only toy T5: the encoder of text.py pre-trained on captions with T5's span corruption.
 
-    python t5_pretrain.py --out DIR [--like checkpoints/toy/t5] [--steps 3000] [--captions 30000]
+    python t5_pretrain.py --out DIR [--like checkpoints/toy/t5] [--steps 3000] [--batch 64] [--captions 30000]
+                          [--device cpu]
 
 The paper conditions every stage on a T5 encoder (section 3.4) that was pre-trained on text alone
 and frozen before any audio model trained, so it tells "major" from "minor" whether or not an audio
@@ -82,8 +83,8 @@ def caption_corpus(count, seed, seconds=4.0):
     return captions
 
 
-def pretrain(tokenizer, config, captions, steps, batch=64, max_len=48, lr=2e-3, seed=0, log=print):
-    """A T5Encoder of `config`, trained from scratch by span corruption on `captions`."""
+def pretrain(tokenizer, config, captions, steps, batch=64, max_len=48, lr=2e-3, seed=0, log=print, device="cpu"):
+    """A T5Encoder of `config`, trained from scratch by span corruption on `captions` (returned on the CPU)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     encoder = text.T5Encoder(config)
@@ -91,6 +92,7 @@ def pretrain(tokenizer, config, captions, steps, batch=64, max_len=48, lr=2e-3, 
         if p.dim() > 1:
             torch.nn.init.normal_(p, std=p.shape[1] ** -0.5 if "embed" not in name else 1.0)
     head = torch.nn.Linear(config.d_model, config.vocab_size)
+    encoder, head = encoder.to(device), head.to(device)
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ids_all, mask_all = tokenizer(captions, max_len)
@@ -101,7 +103,8 @@ def pretrain(tokenizer, config, captions, steps, batch=64, max_len=48, lr=2e-3, 
             g["lr"] = lr * min(1.0, (step + 1) / (0.05 * steps)) * 0.5 * (1 + np.cos(np.pi * frac))
         pick = torch.from_numpy(rng.choice(len(captions), batch, replace=False))
         inputs, targets = corrupt_batch(ids_all[pick], mask_all[pick], rng)
-        logits = head(encoder(inputs, mask_all[pick]))                     # (B, L, V)
+        inputs, targets, mask = inputs.to(device), targets.to(device), mask_all[pick].to(device)
+        logits = head(encoder(inputs, mask))                               # (B, L, V)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"span-corruption loss is {loss.item()} at step {step}")
@@ -113,7 +116,7 @@ def pretrain(tokenizer, config, captions, steps, batch=64, max_len=48, lr=2e-3, 
             hit = (logits.argmax(-1) == targets)[targets >= 0].float().mean().item()
             log(f"step {step}: loss {loss.item():.3f}, corrupted tokens recovered {hit:.0%} "
                 f"({time.perf_counter() - t0:.0f} s)")
-    return encoder.eval().requires_grad_(False)
+    return encoder.cpu().eval().requires_grad_(False)
 
 
 def main(argv=None):
@@ -122,17 +125,22 @@ def main(argv=None):
     p.add_argument("--like", default="checkpoints/toy/t5", help="T5 directory whose config and tokenizer to use")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--captions", type=int, default=30000, help="clips whose captions form the corpus")
+    p.add_argument("--batch", type=int, default=64, help="captions per step")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.captions < 10:
-        p.error("--steps must be >= 1 and --captions >= 10")
+    if args.steps < 1 or args.captions < 10 or args.batch < 1:
+        p.error("--steps and --batch must be >= 1 and --captions >= 10")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device here")
     try:
         tokenizer, like = text.load_t5(args.like)
     except (text.T5LoadError, OSError) as e:
         p.error(f"--like {args.like}: {e}")
     captions = caption_corpus(args.captions, args.seed)
     print(f"{len(captions)} captions", file=sys.stderr)
-    encoder = pretrain(tokenizer, like.config, captions, args.steps, seed=args.seed)
+    encoder = pretrain(tokenizer, like.config, captions, args.steps, batch=args.batch, seed=args.seed,
+                       device=torch.device(args.device))
     text.save_t5(args.out, tokenizer, encoder)
     print(f"wrote {args.out}", file=sys.stderr)
 
