@@ -1,0 +1,93 @@
+"""Where does the cascader's hiss come from? Its denoising at each noise level, and its sampler, on real input.
+
+    python bench/floor_probe.py [--ckpt-dir checkpoints/toy] [--clips 6] [--steps 8,16,32]
+
+Real solo clips of the toy corpus (no drums: their broadband hits set the floor of drum clips) at
+16 kHz, x, and their 3.2 kHz versions FFT-up-sampled back, the cascader's conditioning as the wave
+generator would give it if it were perfect. Two measurements, each as `audio_measures.noise_floor_db`
+(peak bins over the median bin under 8 kHz; larger is cleaner; real clips ~99 dB):
+
+- One step: x noised to time t (x_t = alpha_t x + sigma_t eps) and denoised once by the cascader,
+  x0_hat = (x_t - sigma_t eps_hat) / alpha_t, for t from 0.1 down to 0.0005: the floor of x_t / alpha_t
+  (how much noise is left at that time), of x0_hat, and the mean squared error of eps_hat (1 = the
+  network removes nothing). This is the best the sampler's last steps can do, from perfect earlier steps.
+- Sampler: the stage's toy sampler (DPM-Solver++(2M), guided at the preset's w, clipped) from pure
+  noise to 0 at each of --steps front-heavy step counts, the conditioning as above.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import audio_measures  # noqa: E402
+import cascade  # noqa: E402
+import data  # noqa: E402
+import diffusion  # noqa: E402
+import text  # noqa: E402
+import train  # noqa: E402
+
+TIMES = (0.1, 0.05, 0.0125, 0.005, 0.002, 0.0005)
+
+
+def floor(x, rate=16000):
+    """Median over clips of the noise floor, dB."""
+    return float(np.median([audio_measures.noise_floor_db(w[0].numpy(), rate) for w in x]))
+
+
+def real_solo_clips(n, seconds=2.0):
+    """(x at 16 kHz, its 3.2 kHz version up-sampled to 16 kHz, captions): n solo clips of the toy corpus."""
+    manifest = os.path.join(train.TOY_DATA, "manifest.jsonl")
+    if not os.path.exists(manifest):
+        train.build_toy_corpus()
+    entries = [e for e in data.read_manifest(manifest) if not e["attributes"]["drums"]][:n]
+    clips, _ = data.load_clips(entries, 16000, 4.0, cache_dir=os.path.join(train.TOY_DATA, ".cache"), progress=False)
+    n16 = int(seconds * 16000)
+    x = torch.from_numpy(np.stack([w for _, w in clips]))[:, None].float()[..., :n16]
+    low = data.fft_resample(data.fft_resample(x, 16000, 3200), 3200, 16000)[..., :n16]
+    return x, low, [e["captions"][0] for e in entries]
+
+
+@torch.no_grad()
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt-dir", default="checkpoints/toy")
+    p.add_argument("--clips", type=int, default=6)
+    p.add_argument("--steps", default="8,16,32", help="front-heavy step counts for the sampler rows")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    stage = cascade.StageModel(os.path.join(args.ckpt_dir, "cascader.pt"), "cpu")
+    spec, sched = stage.spec, stage.spec.schedule
+    x, low, captions = real_solo_clips(args.clips)
+    tokens, mask = cascade.encode_prompts(text.load_t5(os.path.join(args.ckpt_dir, "t5")), captions, spec, "cpu")
+    route = dict(cond=low, aug_t=torch.zeros(len(x)))
+    plain = stage.eps_fn(1.0, tokens, mask, None, **route)
+    g = torch.Generator().manual_seed(args.seed)
+    print(f"cascader {args.ckpt_dir} (schedule {sched}, step {stage.step}); {len(x)} real solo clips, "
+          f"floor {floor(x):.1f} dB (conditioning {floor(low):.1f} dB)\n")
+    print("| t | log-SNR | floor of x_t (dB) | floor of x0_hat (dB) | eps_hat error (MSE) |\n|---|---|---|---|---|")
+    for t in TIMES:
+        tt = torch.full((len(x),), t)
+        eps = torch.randn(x.shape, generator=g)
+        alpha, sigma = (v[:, None, None] for v in diffusion.alpha_sigma(tt, sched))
+        x_t = alpha * x + sigma * eps
+        eps_hat = plain(x_t, tt)
+        x0_hat = (x_t - sigma * eps_hat) / alpha
+        lam = float(diffusion.log_snr(torch.tensor(t), sched))
+        print(f"| {t} | {lam:.1f} | {floor(x_t / alpha):.1f} | {floor(x0_hat):.1f} | "
+              f"{float(((eps_hat - eps) ** 2).mean()):.2f} |")
+    guided = diffusion.guided_eps_fn(stage.eps_fn(spec.w, tokens, mask, None, **route), spec.w, sched, spec.clip)
+    print(f"\n| sampler (w = {spec.w:g}) | last time before 0 | floor of the output (dB) |\n|---|---|---|")
+    for n in [int(s) for s in args.steps.split(",")]:
+        deltas = diffusion.step_schedule(spec.step_schedule, n, "cascader")
+        out = diffusion.dpmpp_2m_sample(guided, torch.randn(x.shape, generator=torch.Generator().manual_seed(args.seed)),
+                                        deltas, sched)
+        print(f"| DPM-Solver++(2M), {n} {spec.step_schedule} steps | {deltas[0]:.4f} | {floor(out):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
