@@ -35,7 +35,8 @@ import cascade  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
 
-# name -> stage, batch, U-Net changes from the toy preset
+# name -> stage, batch, U-Net changes and other preset changes from the toy preset
+COSINE = cascade.shifted("cosine")
 VARIANTS = {
     "wave-generator": dict(stage="wave-generator", batch=64),
     "spec-generator": dict(stage="spec-generator", batch=64),
@@ -43,6 +44,9 @@ VARIANTS = {
     "cascader-wide": dict(stage="cascader", batch=64, unet=dict(base_dim=32)),
     "vocoder": dict(stage="vocoder", batch=128),
     "super-res": dict(stage="super-res", batch=64),
+    "cascader-cosine": dict(stage="cascader", batch=64, preset=dict(schedule=COSINE)),
+    "vocoder-cosine": dict(stage="vocoder", batch=128, preset=dict(schedule=COSINE)),
+    "super-res-cosine": dict(stage="super-res", batch=64, preset=dict(schedule=COSINE)),
 }
 SNAPSHOT_STAGE = "wave-generator"
 
@@ -66,6 +70,8 @@ def train_child(args):
     if v.get("unet"):
         unet = cascade.PRESETS[stage]["unet"]
         unet["toy"] = dataclasses.replace(unet["toy"], **v["unet"])
+    for key, value in v.get("preset", {}).items():
+        cascade.PRESETS[stage][key]["toy"] = value
     base = dict(stage=stage, batch_size=v["batch"], workers=args.workers, eval_every=0, device=args.device,
                 t5=args.t5_path or "")
     probe = tempfile.mkdtemp(prefix=f"probe_{args.child}_")
@@ -95,7 +101,8 @@ def train_child(args):
     every = steps // 4 if marks else 500
     result = train.train_stage(train.TrainConfig(out=args.out, steps=steps, log_every=100, ckpt_every=every,
                                                  **base), stage)
-    result.update(batch=v["batch"], probe_steps_per_s=rate, t5=args.t5_path or "", unet=v.get("unet", {}))
+    result.update(batch=v["batch"], probe_steps_per_s=rate, t5=args.t5_path or "", unet=v.get("unet", {}),
+                  preset=v.get("preset", {}))
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump(result, f)
 
