@@ -6,7 +6,9 @@
 Each variant is one stage trained by train.py's own loop (`train.train_stage`: the toy recipe, lr 1e-3,
 100 warm-up steps, cosine to the last step, EMA 0.999) in its own process, all at once, on the toy
 corpus (built on first use, as train.py does). A variant first times 60 steps, then sets its step count
-so that it ends by the shared deadline (--minutes after the start); its log, loss curve and checkpoint
+so that it ends by the shared deadline (--minutes after the start; ten variants at once on one H200 timed
+5-6 steps/s each while all were starting and then ran 8-15, ending up to three minutes early: run
+fewer at once, or give a later --minutes); its log, loss curve and checkpoint
 land in OUT/VARIANT/. The stages that read text are trained once per encoder given with --t5
 (`wave-generator@text` is the wave generator conditioned on the encoder named `text`). With --pack,
 every variant's inference export (EMA in float16, train.export_inference) is written there as
@@ -76,10 +78,12 @@ def train_child(args):
                 t5=args.t5_path or "")
     probe = tempfile.mkdtemp(prefix=f"probe_{args.child}_")
     t0 = time.time()
-    train.train_stage(train.TrainConfig(out=probe, steps=args.probe_steps, log_every=args.probe_steps, ckpt_every=10**9,
-                                        **base), stage)
+    third = max(1, args.probe_steps // 3)
+    train.train_stage(train.TrainConfig(out=probe, steps=3 * third, log_every=third, ckpt_every=10**9, **base), stage)
     with open(os.path.join(probe, f"{stage}.log.jsonl")) as f:
-        rate = json.loads(f.readlines()[-1])["steps_per_s"]
+        rows = [json.loads(line) for line in f]
+    # the rate over the probe's last two thirds: its first steps also start the loader and the kernels
+    rate = (rows[-1]["step"] - rows[0]["step"]) / max(1e-9, rows[-1]["time"] - rows[0]["time"])
     left = args.deadline - time.time() - 10           # start-up of the real run, the last checkpoint
     steps = max(args.min_steps, int(0.9 * left * rate))
     print(f"{args.child}: probe {rate:.2f} steps/s ({time.time() - t0:.0f} s with loading) -> {steps} steps",
