@@ -11,8 +11,8 @@ generator would give it if it were perfect. Two measurements, each as `audio_mea
   x0_hat = (x_t - sigma_t eps_hat) / alpha_t, for t from 0.1 down to 0.0005: the floor of x_t / alpha_t
   (how much noise is left at that time), of x0_hat, and the mean squared error of eps_hat (1 = the
   network removes nothing). This is the best the sampler's last steps can do, from perfect earlier steps.
-- Sampler: the stage's toy sampler (DPM-Solver++(2M), guided at the preset's w, clipped) from pure
-  noise to 0 at each of --steps front-heavy step counts, the conditioning as above.
+- Sampler: the stage's sampling as the pipeline runs it (cascade.run_stage: the preset's sampler, w and
+  clipping) from pure noise to 0 at each of --steps step counts, the conditioning as above.
 """
 import argparse
 import os
@@ -80,13 +80,14 @@ def main():
         lam = float(diffusion.log_snr(torch.tensor(t), sched))
         print(f"| {t} | {lam:.1f} | {floor(x_t / alpha):.1f} | {floor(x0_hat):.1f} | "
               f"{float(((eps_hat - eps) ** 2).mean()):.2f} |")
-    guided = diffusion.guided_eps_fn(stage.eps_fn(spec.w, tokens, mask, None, **route), spec.w, sched, spec.clip)
     print(f"\n| sampler (w = {spec.w:g}) | last time before 0 | floor of the output (dB) |\n|---|---|---|")
-    for n in [int(s) for s in args.steps.split(",")]:
-        deltas = diffusion.step_schedule(spec.step_schedule, n, "cascader")
-        out = diffusion.dpmpp_2m_sample(guided, torch.randn(x.shape, generator=torch.Generator().manual_seed(args.seed)),
-                                        deltas, sched)
-        print(f"| DPM-Solver++(2M), {n} {spec.step_schedule} steps | {deltas[0]:.4f} | {floor(out):.1f} |")
+    for n in [int(s) for s in args.steps.split(",")]:      # the pipeline's own stage sampling, at n steps
+        knobs = cascade.Sampling(steps=n)
+        deltas = cascade.resolve_sampling(spec, knobs)[0]
+        out = cascade.run_stage(stage, knobs, tuple(x.shape), torch.Generator().manual_seed(args.seed), tokens, mask,
+                                cond=low)
+        print(f"| {cascade.resolve_sampler(spec, knobs)}, {n} {spec.step_schedule} steps | {deltas[0]:.4f} | "
+              f"{floor(out):.1f} |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ land in OUT/VARIANT/. The stages that read text are trained once per encoder giv
 (`wave-generator@text` is the wave generator conditioned on the encoder named `text`). With --pack,
 every variant's inference export (EMA in float16, train.export_inference) is written there as
 tar files of at most 16 MiB, with the logs; the wave generator of the last --t5 also keeps its EMA at a
-quarter, a half and three quarters of its run (`wave-generator.stepN.pt`), for a curve of quality against training time.
+quarter, a half and three quarters of its run (`stepN/wave-generator.pt`, exported as the final one is), for a
+curve of quality against training time.
 
 The CPU equivalent of a variant is `python train.py --stage STAGE --batch-size B --steps N [--t5 DIR]`
 with its B and N from OUT/VARIANT/result.json (a variant with a `unet` change also needs that change
@@ -93,13 +94,10 @@ def train_child(args):
     marks = {steps * k // 4 for k in (1, 2, 3)} if args.snapshots else set()
     save = train.save_checkpoint
 
-    def save_and_keep(cfg, stage_, step, model, ema, *rest):
-        save(cfg, stage_, step, model, ema, *rest)
-        if step in marks:            # a slim copy: EMA in float16, as export_inference writes
-            slim = {"format_version": train.FORMAT_VERSION, "stage": stage_, "scale": cfg.scale, "step": step,
-                    "config": rest[1].to_dict(), "model": None, "optimizer": None, "t5": "",
-                    "ema": {k: t.detach().cpu().half() for k, t in ema.state_dict().items()}}
-            train.atomic_save(slim, os.path.join(cfg.out, f"{stage_}.step{step}.pt"))
+    def save_and_keep(cfg, stage_, step, *rest):
+        save(cfg, stage_, step, *rest)
+        if step in marks:            # the inference export of the checkpoint just written, kept
+            train.export_inference(cfg.out, os.path.join(cfg.out, f"step{step}"), stages=[stage_])
 
     train.save_checkpoint = save_and_keep
     every = steps // 4 if marks else 500
@@ -111,7 +109,7 @@ def train_child(args):
         json.dump(result, f)
 
 
-def pack(out, variants, encoders, dest, limit=16 * 2**20):
+def pack(out, variants, dest, limit=16 * 2**20):
     """Inference exports and logs of every finished variant, as tar files of at most `limit` bytes."""
     os.makedirs(dest, exist_ok=True)
     files = []
@@ -124,20 +122,20 @@ def pack(out, variants, encoders, dest, limit=16 * 2**20):
         train.export_inference(run, export, stages=[stage])
         files.append((os.path.join(export, f"{stage}.pt"), f"{name}/{stage}.pt"))
         for extra in sorted(os.listdir(run)):
-            if extra.startswith(f"{stage}.step") or extra.endswith((".log.jsonl", ".json", ".log")):
+            if extra.startswith("step"):                     # the quarter snapshots, stepN/STAGE.pt
+                files.append((os.path.join(run, extra, f"{stage}.pt"), f"{name}/{extra}/{stage}.pt"))
+            elif extra.endswith((".log.jsonl", ".json", ".log")):
                 files.append((os.path.join(run, extra), f"{name}/{extra}"))
     for log in sorted(os.listdir(out)):
         if log.endswith(".log"):
             files.append((os.path.join(out, log), log))
     groups = [[]]
     for path, arc in sorted(files, key=lambda f: -os.path.getsize(f[0])):
-        placed = False
         for g in groups:         # first fit, largest first
             if sum(os.path.getsize(p) for p, _ in g) + os.path.getsize(path) < limit - 2**20:
                 g.append((path, arc))
-                placed = True
                 break
-        if not placed:
+        else:
             groups.append([(path, arc)])
     for i, g in enumerate(groups):
         with tarfile.open(os.path.join(dest, f"gpu_toy_{i}.tar"), "w") as tar:
@@ -205,7 +203,7 @@ def main():
             with open(path) as f:
                 print(name, f.read(), flush=True)
     if args.pack:
-        print(f"packed into {pack(args.out, variants, encoders, args.pack)} tar files", flush=True)
+        print(f"packed into {pack(args.out, variants, args.pack)} tar files", flush=True)
     print(f"done in {time.time() - start:.0f} s", flush=True)
 
 
