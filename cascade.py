@@ -787,9 +787,9 @@ def _stage_done(timings, keep):
 #     (keep_input_band, on for the cascader here unless --cascader-keep-band 0 says otherwise; a clip
 #     between 3.2 and 16 kHz keeps all of its band, not only the 3.2 kHz input's), so the stages add
 #     only the band the clip lacks.
-# Known regions use replacement, with RePaint's resampling in the generator when jump > 0
-# (diffusion.known_region_sample); the later stages, led by their low-fidelity input, use plain
-# replacement. The final 24 kHz output equals the given audio exactly on its known part.
+# Known regions use replacement (diffusion.known_region_sample); in the generator, optionally with
+# RePaint's resampling or reconstruction guidance (`KnownFit`); the later stages, led by their
+# low-fidelity input, use plain replacement. The final 24 kHz output equals the given audio exactly on its known part.
 
 GIVEN_RATE = 24000       # the given clip is held at the output rate
 DEFAULT_OVERLAP = 2.0    # seconds of each long-form window that are the previous audio (bench/beyond.py's choice)
@@ -804,6 +804,14 @@ MODES = ("long", "continue", "inpaint", "init", "upsample")
 EDGE_SECONDS = 0.03
 
 
+@dataclass(frozen=True)
+class KnownFit:
+    """How the generator fits what it makes to a known region (diffusion.known_region_sample)."""
+    jump: int = 0                # RePaint's jump length (0: plain replacement)
+    resample: int = 1            # RePaint's number of resamplings r
+    guidance: float = 0.0        # the weight of reconstruction guidance (0: none)
+
+
 @dataclass
 class Given:
     """What one stage's sampler is told of its own output: a known region, or SDEdit's start."""
@@ -811,15 +819,15 @@ class Given:
     mask: torch.Tensor = None    # (1, 1, T) bool, True where x_0 is known
     init: torch.Tensor = None    # (1, C, T) SDEdit's given x_0
     strength: float = 1.0        # SDEdit's start time
-    jump: int = 0                # RePaint's jump length (0: plain replacement)
-    resample: int = 1            # RePaint's number of resamplings r
+    fit: KnownFit = KnownFit()   # the known-region sampler's settings
 
     def sample(self, eps, x_T, deltas, schedule, gamma, generator, progress):
         if self.init is not None:
             init = self.init.to(x_T.device, x_T.dtype).expand_as(x_T)
             return diffusion.sdedit_sample(eps, init, self.strength, deltas, schedule, gamma, generator, progress)
         return diffusion.known_region_sample(eps, x_T, deltas, schedule, gamma, self.known.to(x_T.device),
-                                             self.mask.to(x_T.device), self.jump, self.resample, generator, progress)
+                                             self.mask.to(x_T.device), self.fit.jump, self.fit.resample, generator,
+                                             progress, self.fit.guidance)
 
     def keep_known(self, x):
         """x with its known part set to the known audio exactly (after keep_input_band, say)."""
@@ -838,8 +846,7 @@ class AudioTask:
     region: tuple = ()           # inpainting: (start, end) seconds
     strength: float = 1.0        # audio-to-audio: SDEdit's t
     overlap: float = DEFAULT_OVERLAP
-    jump: int = 0
-    resample: int = 1
+    fit: KnownFit = KnownFit()   # the generator's known-region sampler
     edge: float = EDGE_SECONDS   # long-form, continuation: seconds at the end of a window (or clip) left to the generator
 
     @property
@@ -889,7 +896,7 @@ def pad_edge(x, length):
     return torch.nn.functional.pad(x, (0, length - x.shape[-1]), mode="replicate")
 
 
-def known_at(spec, task, n, jump=0, resample=1):
+def known_at(spec, task, n, fit=KnownFit()):
     """The task's known audio as a `Given` for the stage `spec` over n samples (frames), or None.
 
     The mask is the task's known intervals, but only where the given clip, taken to the stage's rate,
@@ -901,15 +908,15 @@ def known_at(spec, task, n, jump=0, resample=1):
         return None
     x = at_stage(spec, task.audio)[None]                                            # (1, C, T')
     mask = known_mask(intervals, spec.frame_rate, n) & (torch.arange(n) < x.shape[-1])
-    return Given(known=pad_edge(x, n), mask=mask, jump=jump, resample=resample)
+    return Given(known=pad_edge(x, n), mask=mask, fit=fit)
 
 
-def generate_windows(stage, knobs, batch, total, generator, prefix=None, overlap=DEFAULT_OVERLAP, jump=0,
-                     resample=1, progress=None, edge=0, **text):
+def generate_windows(stage, knobs, batch, total, generator, prefix=None, overlap=DEFAULT_OVERLAP, fit=KnownFit(),
+                     progress=None, edge=0, **text):
     """The generator's output over `total` samples (frames), in windows of its training length L.
 
     Window k covers [start, start + L) with start = (length done so far) - overlap: its first part
-    is the end of the output so far, held as a known region (replacement, RePaint with jump > 0),
+    is the end of the output so far, held as a known region (sampled as `fit` says),
     and the rest is kept but for its last `edge` samples (frames), unless it ends the output: the
     generator makes a clip's last frames as a clip's end looks (see EDGE_SECONDS), so the next
     window, whose known part would end on them, regenerates them instead.
@@ -933,7 +940,7 @@ def generate_windows(stage, knobs, batch, total, generator, prefix=None, overlap
         start = max(done - overlap, 0)
         known = fit_tensor(out[..., start:start + L], L)                 # (B, C, L)
         mask = (torch.arange(L, device=out.device) < done - start)[None, None]
-        given = Given(known=known, mask=mask, jump=jump, resample=resample) if done > start else None
+        given = Given(known=known, mask=mask, fit=fit) if done > start else None
         x = run_stage(stage, knobs, (batch, C, L), generator, progress=progress, given=given, **text)
         end = start + L if start + L >= total else start + L - edge
         end = min(end, total)
@@ -967,13 +974,13 @@ def generate_first(stage, text_encoder, prompts, task, seconds, knob, generator,
         if task.mode == "continue":      # the clip's last task.edge seconds are regenerated (see EDGE_SECONDS)
             prefix = at_stage(spec, task.audio)[None]
             prefix = prefix[..., :max(prefix.shape[-1] - edge, 1)]
-        return generate_windows(stage, knob, B, n, generator, prefix, round(task.overlap * rate), task.jump,
-                                task.resample, progress, edge, **text)
+        return generate_windows(stage, knob, B, n, generator, prefix, round(task.overlap * rate), task.fit,
+                                progress, edge, **text)
     # inpainting: one generator window around the region
-    given = known_at(spec, task, n, task.jump, task.resample)
+    given = known_at(spec, task, n, task.fit)
     a, b = _window_around(task.region, seconds, spec.clip_seconds)
     ia, ib = round(a * rate), min(round(a * rate) + round((b - a) * rate), n)
-    window = Given(known=given.known[..., ia:ib], mask=given.mask[..., ia:ib], jump=task.jump, resample=task.resample)
+    window = Given(known=given.known[..., ia:ib], mask=given.mask[..., ia:ib], fit=task.fit)
     x = run_stage(stage, knob, (B, given.known.shape[1], ib - ia), generator, progress=progress, given=window, **text)
     out = given.known.expand(B, -1, -1).clone().to(x.device)
     out[..., ia:ib] = x

@@ -13,8 +13,9 @@ What lives here, in the paper's notation (x_t = alpha_t x + sigma_t eps, t in [0
 - classifier-free guidance (Ho & Salimans, 2022) in the paper's form, followed by Imagen's dynamic
   thresholding (Saharia et al., 2022) of the implied x_0;
 - not in the paper, for audio in (cascade.py's note on it): eq. 4 with part of x_0 known, by
-  replacement with RePaint's resampling (Lugmayr et al., 2022), and SDEdit (Meng et al., 2022),
-  eq. 4 started at t = strength from the given x_0 noised.
+  replacement with RePaint's resampling (Lugmayr et al., 2022) or reconstruction guidance (Ho et
+  al., 2022, video diffusion), and SDEdit (Meng et al., 2022), eq. 4 started at t = strength from
+  the given x_0 noised.
 
 Samplers are pure functions of an `eps_fn(x_t, t) -> eps_hat` callable, with t a (B,) float tensor
 in [0, 1]: they know nothing of the model, its conditioning, or its device beyond x_T's.
@@ -608,9 +609,33 @@ def repaint_path(n_steps, jump=0, resample=1):
     return path
 
 
+def reconstruction_guided_eps_fn(eps_fn, schedule, known, mask, weight):
+    """Wrap eps_fn with reconstruction guidance (Ho et al. 2022, video diffusion, eq. 7).
+
+    Replacement tells the unknown part about the known one only through x_t, which at high noise
+    says little. Reconstruction guidance also moves the unknown part's x_0 estimate along the
+    gradient, taken through the model, of how far the known part's estimate lies from the known
+    audio: x~_0 = x^_0 - (weight alpha_t / 2) (1 - mask) grad_{x_t} ||mask (known - x^_0)||^2
+    (weight = 1 is the Gaussian approximation q(known | x_t) = N(x^_0, sigma_t^2 / alpha_t^2 I);
+    Ho et al. find weights above 1 better). The returned eps is the one consistent with x~_0. It costs
+    a backward pass through eps_fn per step, so eps_fn must be differentiable (no inference_mode).
+    """
+    def guided(x_t, t):
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            x0 = x0_from_eps(x, eps_fn(x, t), t, schedule)
+            err = (mask * (known - x0)).pow(2).sum()
+            grad, = torch.autograd.grad(err, x)
+        alpha, sigma = alpha_sigma(t, schedule)
+        shift = _expand((weight * alpha / 2).to(x_t.dtype), x_t) * (1 - mask) * grad
+        eps = (x_t - _expand(alpha.to(x_t.dtype), x_t) * x0.detach()) / _expand(sigma.to(x_t.dtype), x_t)
+        return eps + _expand((alpha / sigma).to(x_t.dtype), x_t) * shift
+    return guided
+
+
 @torch.no_grad()
 def known_region_sample(eps_fn, x_T, deltas, schedule, gamma, known, mask, jump=0, resample=1,
-                        generator=None, progress=None):
+                        generator=None, progress=None, guidance=0.0):
     """Eq. 4 with part of x_0 given: replacement, optionally with RePaint's resampling.
 
     After every denoising step to time s, the known part of x_s is replaced by the known audio
@@ -626,12 +651,15 @@ def known_region_sample(eps_fn, x_T, deltas, schedule, gamma, known, mask, jump=
     :param known: the known x_0, [B x C x T] (or broadcastable); values where mask is 0 are unused.
     :param mask: 1 (or True) where x_0 is known, broadcastable to x_T, e.g. [1 x 1 x T].
     :param jump, resample: RePaint's jump length j and number of resamplings r (0 / 1: replacement).
+    :param guidance: the weight of reconstruction guidance (`reconstruction_guided_eps_fn`; 0: none).
     :return: x_0, shaped like x_T.
     """
     _check_gamma(gamma)
     times = step_times(deltas).tolist()
     mask = mask.to(x_T.dtype)
     known = known.to(x_T.dtype).expand_as(x_T)
+    if guidance > 0:
+        eps_fn = reconstruction_guided_eps_fn(eps_fn, schedule, known, mask, guidance)
     path = repaint_path(len(times) - 1, jump, resample)
     x = x_T
     for i in (progress(range(1, len(path))) if progress is not None else range(1, len(path))):

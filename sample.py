@@ -24,6 +24,7 @@ peak would clip.
 """
 import argparse
 import dataclasses
+import math
 import os
 import sys
 
@@ -85,6 +86,10 @@ def add_audio_flags(p):
                    help="generator's known-region sampler: RePaint's jump length (0: plain replacement)")
     g.add_argument("--repaint-resample", type=int, default=DEFAULT_RESAMPLE,
                    help="generator's known-region sampler: RePaint's number of resamplings r")
+    g.add_argument("--reconstruction-guidance", type=float, default=DEFAULT_GUIDANCE, metavar="W",
+                   help="generator's known-region sampler: the weight of reconstruction guidance, which steers the "
+                   f"new part by the gradient of its fit to the known part (0: none; default {DEFAULT_GUIDANCE:g}; "
+                   "about twice the generator's time)")
 
 
 DEFAULT_STRENGTH = 0.6
@@ -92,6 +97,7 @@ DEFAULT_STRENGTH = 0.6
 # smoothly with a 2 s overlap and replacement (bench/results_beyond.md); RePaint is --repaint-jump 2
 # --repaint-resample 3 (three times the generator's steps).
 DEFAULT_JUMP, DEFAULT_RESAMPLE = 0, 1
+DEFAULT_GUIDANCE = 0.0
 MIN_AUDIO_SECONDS = 0.5
 AUDIO_FLAGS = {"continue_": "--continue", "inpaint": "--inpaint", "init": "--init", "upsample": "--upsample"}
 
@@ -137,7 +143,10 @@ def check_audio_args(args, p, argv=None):
         p.error("--strength must be in (0, 1]")
     if not args.overlap >= 0 or args.repaint_jump < 0 or args.repaint_resample < 1:     # `not >=` refuses NaN
         p.error("--overlap and --repaint-jump must be >= 0 and --repaint-resample >= 1")
-    settings = dict(overlap=args.overlap, jump=args.repaint_jump, resample=args.repaint_resample)
+    if not 0 <= args.reconstruction_guidance < math.inf:
+        p.error("--reconstruction-guidance must be a number >= 0")
+    args.fit = cascade.KnownFit(args.repaint_jump, args.repaint_resample, args.reconstruction_guidance)
+    settings = dict(overlap=args.overlap, fit=args.fit)
     args.task = None
     if not given:
         return
@@ -364,7 +373,7 @@ def main(argv=None):
     seconds = args.seconds or first.spec.clip_seconds
     task = args.task
     if task is None and seconds > first.spec.clip_seconds:         # long-form: generator windows
-        task = cascade.AudioTask("long", overlap=args.overlap, jump=args.repaint_jump, resample=args.repaint_resample)
+        task = cascade.AudioTask("long", overlap=args.overlap, fit=args.fit)
     if task is not None:
         check_against_models(task, first, parser)
     check_prompts(args.prompt_list, text_encoder[0], stages)
@@ -377,7 +386,8 @@ def main(argv=None):
         batch = args.prompt_list[start:start + args.batch_size]
         keep = {}
         try:
-            with torch.inference_mode():
+            # reconstruction guidance takes gradients through the generator, which inference_mode forbids
+            with torch.no_grad() if task is not None and task.fit.guidance > 0 else torch.inference_mode():
                 if task is None:
                     audio = cascade.cascade_generate(stages, text_encoder, batch, args.pipeline, seconds,
                                                      args.seed + start, args.knobs, device, progress, keep,

@@ -42,6 +42,8 @@ import adherence  # noqa: E402
 import audio_measures  # noqa: E402
 import cascade  # noqa: E402
 import data  # noqa: E402
+import judge as judge_bench  # noqa: E402
+import judge_model  # noqa: E402
 import sample  # noqa: E402
 import toy_corpus  # noqa: E402
 
@@ -222,7 +224,7 @@ def part_tune(args, models, lines):
     best = None
     for overlap, jump, resample, edge in args.candidates:
         t0 = time.perf_counter()
-        task = cascade.AudioTask("long", overlap=overlap, jump=jump, resample=resample, edge=edge)
+        task = cascade.AudioTask("long", overlap=overlap, fit=cascade.KnownFit(jump, resample, args.fit.guidance), edge=edge)
         audio = run(models, args.pipeline, prompts, task, seconds, TUNE_SEED, args.knobs)
         joins = long_joins(seconds, WINDOW, overlap, edge)
         at, inside = [], []
@@ -235,9 +237,10 @@ def part_tune(args, models, lines):
         print(lines[-1], flush=True)
         if best is None or score < best[0]:
             best = (score, overlap, jump, resample, edge)
-    _, args.overlap, args.jump, args.resample, args.edge = best
-    lines += ["", f"Chosen (lowest median flux ratio, joins / inside): overlap {args.overlap:g} s, jump {args.jump}, "
-              f"r {args.resample}, edge {args.edge:g} s.", ""]
+    _, args.overlap, jump, resample, args.edge = best
+    args.fit = cascade.KnownFit(jump, resample, args.fit.guidance)
+    lines += ["", f"Chosen (lowest median flux ratio, joins / inside): overlap {args.overlap:g} s, jump {jump}, "
+              f"r {resample}, edge {args.edge:g} s.", ""]
 
 
 def part_long(args, models, lines):
@@ -245,7 +248,7 @@ def part_long(args, models, lines):
     kinds = args.long_kinds.split(",")
     pairs = {k: v for k, v in adherence.prompt_pairs(args.long_pairs).items() if k in kinds}
     prompts = [p for kind in kinds for pair in pairs[kind] for p in pair]
-    task = cascade.AudioTask("long", overlap=args.overlap, jump=args.jump, resample=args.resample, edge=args.edge)
+    task = cascade.AudioTask("long", overlap=args.overlap, fit=args.fit, edge=args.edge)
     waves, short, t0, t_long = [], [], time.perf_counter(), 0.0
     for i, p in enumerate(prompts):
         t1 = time.perf_counter()
@@ -257,7 +260,7 @@ def part_long(args, models, lines):
     n_win = int(args.long_seconds // WINDOW)
     lines += [f"## Long-form: {args.long_seconds:g} s, {args.pipeline} pipeline{' (generator only)' if FIRST_ONLY else ''}, "
               f"{args.long_pairs} prompt pairs per kind, "
-              f"overlap {args.overlap:g} s, jump {args.jump}, r {args.resample}, edge {args.edge:g} s", "",
+              f"overlap {args.overlap:g} s, {fit_name(args.fit)}, edge {args.edge:g} s", "",
               f"Pairs ordered right in each {WINDOW:g} s window of the long clips ({n_win} windows per clip), and in "
               f"{WINDOW:g} s clips of the same prompts and seeds (one generator window, no known part):", "",
               "| kind | " + " | ".join(f"{k * WINDOW:g}-{(k + 1) * WINDOW:g} s" for k in range(n_win))
@@ -291,35 +294,41 @@ def part_long(args, models, lines):
 
 
 def part_known(args, models, lines, mode):
-    """Continuation or inpainting of real clips: attribute agreement, the known part, the seam; RePaint vs replacement."""
+    """Continuation or inpainting of real clips: attribute agreement, the known part, the seam; the
+    known-region samplers of --known-methods side by side."""
     corpus = Corpus(args.seed + (1 if mode == "continue" else 2))
     # clips rendered 0.5 s longer and cut, so that a continued clip does not end in the corpus's 20 ms fade-out
     pairs = {k: [tuple((c[:int(WINDOW * RATE)], a) for c, a in pair) for pair in v]
              for k, v in real_pairs(corpus, args.pairs, WINDOW + 0.5).items()}
-    jump, resample = (args.jump, args.resample) if args.jump and args.resample > 1 else REPAINT   # RePaint even where tune chose none
-    methods = [("replacement", 0, 1), (f"RePaint j={jump} r={resample}", jump, resample)]
+    judge = load_judge(args)
     lines += [f"## {'Continuation' if mode == 'continue' else 'Inpainting'} of real toy-corpus clips ({args.pipeline} pipeline, "
-              f"{args.pairs} pairs per kind)", ""]
+              f"{args.pairs} pairs per kind, seeds from {args.seed})", ""]
     if mode == "continue":
         lines.append(f"Given: a {WINDOW:g} s clip; generated: {args.continue_seconds:g} s more; scored: the generated part.")
     else:
         lines.append(f"Given: a {WINDOW:g} s clip; regenerated: {args.region[0]:g}-{args.region[1]:g} s; scored: the region.")
-    lines += ["", "| method | " + " | ".join(f"{k} pairs right" for k in KIND_ATTR) + " | given clips' pairs right | "
-              "largest change of the known part | s per s of audio |", "|---" * (len(KIND_ATTR) + 4) + "|"]
+    lines += ["", "Pairs right: the generated parts of a pair measure the right way round, as the given clips do (analyzer of "
+              "evaluate.py). Judge agrees: the judge (bench/judge.py's classifiers) hears the given clip's own "
+              f"attribute in the generated part ({2 * args.pairs} clips per kind; the prompt never names it).", "",
+              "| method | " + " | ".join(f"{k} pairs right" for k in KIND_ATTR) + " | "
+              + " | ".join(f"judge agrees: {k}" for k in KIND_ATTR) + " | given clips' pairs right | "
+              "largest change of the known part | s per s of audio |", "|---" * (2 * len(KIND_ATTR) + 4) + "|"]
     seams = []
-    for name, jump, resample in methods:
-        scores, given_scores, worst, at, inside, t0, secs = {}, {}, 0.0, [], [], time.perf_counter(), 0.0
+    for fit in args.methods:
+        name = fit_name(fit)
+        scores, agree, given_scores, worst, at, inside, t0, secs = {}, {}, {}, 0.0, [], [], time.perf_counter(), 0.0
         KNOWN_ERR[0] = 0.0
-        for kind in KIND_ATTR:
-            ok, ok_given = [], []
+        for kind, (key, _, _) in KIND_ATTR.items():
+            ok, ok_given, hits = [], [], []
             for j, pair in enumerate(pairs[kind]):
                 parts, given_parts = [], []
                 for clip, attrs in pair:
                     wave = torch.from_numpy(clip)
-                    task = cascade.AudioTask(mode, wave, RATE, region=tuple(args.region), jump=jump, resample=resample,
+                    task = cascade.AudioTask(mode, wave, RATE, region=tuple(args.region), fit=fit,
                                              overlap=args.overlap, edge=args.edge)
                     total = WINDOW + args.continue_seconds if mode == "continue" else 0.0
-                    out = run(models, args.pipeline, [prompt_for(attrs, leave_out=kind)], task, total, 100 + j, args.knobs)[0]
+                    out = run(models, args.pipeline, [prompt_for(attrs, leave_out=kind)], task, total,
+                              args.seed + 100 + j, args.knobs)[0]
                     secs += len(out) / RATE
                     if mode == "continue":
                         known, new = slice(0, len(clip)), slice(len(clip), len(out))
@@ -331,18 +340,36 @@ def part_known(args, models, lines, mode):
                     worst = max(worst, float(np.abs(out[known] - clip[known]).max()))
                     parts.append(measure(kind, out[new]))
                     given_parts.append(measure(kind, clip[new] if mode == "inpaint" else clip))
+                    heard_as = judge_hears(judge, out[new])
+                    hits.append(heard_as[key] == attrs[key])
                     a_, b_ = seam_stats(out, joins)
                     at, inside = at + a_, inside + b_
                 ok.append(parts[0] > parts[1])
                 ok_given.append(given_parts[0] > given_parts[1])
-            scores[kind], given_scores[kind] = np.mean(ok), np.mean(ok_given)
-            print(f"  {mode} {name} {kind}: {scores[kind]:.0%}", flush=True)
+            scores[kind], given_scores[kind], agree[kind] = np.mean(ok), np.mean(ok_given), np.mean(hits)
+            print(f"  {mode} {name} {kind}: pairs {scores[kind]:.0%}, judge {agree[kind]:.0%}", flush=True)
         speed = (time.perf_counter() - t0) / secs
         worst = KNOWN_ERR[0] if FIRST_ONLY else worst
         lines.append(f"| {name} | " + " | ".join(f"{scores[k]:.0%}" for k in KIND_ATTR) + " | "
+                     + " | ".join(f"{agree[k]:.0%}" for k in KIND_ATTR) + " | "
                      + "/".join(f"{given_scores[k]:.0%}" for k in KIND_ATTR) + f" | {worst:.2e} | {speed:.2f} |")
         seams.append(seam_row(name, at, inside))
     lines += ["", "Seam:", ""] + SEAM_HEADER + seams + [""]
+
+
+JUDGE_PATH = "/tmp/fidelity_judge.pt"
+
+
+def load_judge(args):
+    """bench/judge.py's judge (trained once and kept at --judge; about 10 minutes when missing)."""
+    ns = argparse.Namespace(train_clips=900, heldout_clips=200, copies=2, judge_seed=0)
+    return judge_bench.load_judge(args.judge, ns, lambda line: print(line, flush=True))
+
+
+def judge_hears(judge, wave, rate=RATE):
+    """{attribute: the value the judge hears} for one clip."""
+    x = judge_model.features(wave, rate)[None]
+    return {name: judge_model.ATTRIBUTES[name][int(judge_model.predict(m, x)[0])] for name, m in judge["models"].items()}
 
 
 def heard(clip):
@@ -514,6 +541,25 @@ def part_frames(args, models, lines):
     lines.append("")
 
 
+def parse_method(text):
+    """A KnownFit from "replace", "repaint:J:R" or "guided:W"."""
+    name, *values = text.split(":")
+    if name == "replace" and not values:
+        return cascade.KnownFit()
+    if name == "repaint" and len(values) == 2:
+        return cascade.KnownFit(jump=int(values[0]), resample=int(values[1]))
+    if name == "guided" and len(values) == 1:
+        return cascade.KnownFit(guidance=float(values[0]))
+    raise SystemExit(f"beyond.py: error: --known-methods: {text!r} is not replace, repaint:J:R or guided:W")
+
+
+def fit_name(fit):
+    """How a known-region sampler is named in the tables."""
+    if fit.guidance > 0:
+        return f"reconstruction guidance w={fit.guidance:g}" + (f", RePaint j={fit.jump} r={fit.resample}" if fit.jump else "")
+    return f"RePaint j={fit.jump} r={fit.resample}" if fit.jump and fit.resample > 1 else "replacement"
+
+
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt-dir", default="checkpoints/toy")
@@ -538,11 +584,16 @@ def parse(argv=None):
                    f"window left to the next, default {cascade.EDGE_SECONDS:g})")
     p.add_argument("--overlap", type=float, default=cascade.DEFAULT_OVERLAP, help="used when the tune part is not run")
     p.add_argument("--edge", type=float, default=cascade.EDGE_SECONDS, help="used when the tune part is not run")
-    p.add_argument("--jump", type=int, default=sample.DEFAULT_JUMP)
-    p.add_argument("--resample", type=int, default=sample.DEFAULT_RESAMPLE)
+    p.add_argument("--jump", type=int, default=sample.DEFAULT_JUMP, help="long-form: RePaint's jump (tune may change it)")
+    p.add_argument("--resample", type=int, default=sample.DEFAULT_RESAMPLE, help="long-form: RePaint's r")
+    p.add_argument("--guidance", type=float, default=sample.DEFAULT_GUIDANCE, help="long-form: reconstruction guidance")
+    p.add_argument("--known-methods", default=f"replace,repaint:{REPAINT[0]}:{REPAINT[1]},guided:2",
+                   help="continue / inpaint: the known-region samplers compared (replace, repaint:J:R, guided:W)")
     p.add_argument("--first-stage", action="store_true", help="tune, long, continue, inpaint, init: score the generator's "
                    "own output (a log-mel heard through Griffin-Lim), not the whole cascade's; about 5x cheaper on the "
                    "spectrogram path. The later stages run over the whole length at once, so the seams are the generator's")
+    p.add_argument("--judge", default=JUDGE_PATH, help="continue / inpaint: bench/judge.py's trained judge "
+                   "(trained and stored here when missing)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda (bfloat16 on cuda, as sample.py)")
     p.add_argument("--out", default="bench/results_beyond.md")
@@ -551,6 +602,8 @@ def parse(argv=None):
     args.knobs = sample.read_knobs(args, p)
     args.strengths = [float(s) for s in args.strengths.split(",")]
     args.region = [float(s) for s in args.region.split(":")]
+    args.fit = cascade.KnownFit(args.jump, args.resample, args.guidance)
+    args.methods = [parse_method(m) for m in args.known_methods.split(",")]
     args.candidates = [(float(c[0]), int(c[1]), int(c[2]), float(c[3]) if len(c) > 3 else cascade.EDGE_SECONDS)
                        for c in (c.split(":") for c in args.tune_candidates.split(","))]
     return args
