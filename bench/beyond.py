@@ -313,6 +313,14 @@ def part_known(args, models, lines, mode):
               "| method | " + " | ".join(f"{k} pairs right" for k in KIND_ATTR) + " | "
               + " | ".join(f"judge agrees: {k}" for k in KIND_ATTR) + " | given clips' pairs right | "
               "largest change of the known part | s per s of audio |", "|---" * (2 * len(KIND_ATTR) + 4) + "|"]
+    # the ceiling: the judge on the given clips' own scored part (inpainting: the region; continuation:
+    # the whole given clip), heard as the outputs are
+    own = {}
+    for kind, (key, _, _) in KIND_ATTR.items():
+        cut = slice(*(round(s * RATE) for s in args.region)) if mode == "inpaint" else slice(None)
+        own[kind] = np.mean([judge_hears(judge, heard(clip[cut]))[key] == attrs[key] for pair in pairs[kind] for clip, attrs in pair])
+    lines.append("| the given clips themselves (the judge's ceiling) | - | - | - | "
+                 + " | ".join(f"{own[k]:.0%}" for k in KIND_ATTR) + " | - | - | - |")
     seams = []
     for fit in args.methods:
         name = fit_name(fit)
@@ -586,8 +594,8 @@ def parse(argv=None):
     p.add_argument("--edge", type=float, default=cascade.EDGE_SECONDS, help="used when the tune part is not run")
     p.add_argument("--jump", type=int, default=sample.DEFAULT_JUMP, help="long-form: RePaint's jump (tune may change it)")
     p.add_argument("--resample", type=int, default=sample.DEFAULT_RESAMPLE, help="long-form: RePaint's r")
-    p.add_argument("--guidance", type=float, default=sample.DEFAULT_GUIDANCE, help="long-form: reconstruction guidance")
-    p.add_argument("--known-methods", default=f"replace,repaint:{REPAINT[0]}:{REPAINT[1]},guided:2",
+    p.add_argument("--guidance", type=float, default=0.0, help="long-form: reconstruction guidance")
+    p.add_argument("--known-methods", default=f"replace,repaint:{REPAINT[0]}:{REPAINT[1]},guided:{sample.DEFAULT_GUIDANCE:g}",
                    help="continue / inpaint: the known-region samplers compared (replace, repaint:J:R, guided:W)")
     p.add_argument("--first-stage", action="store_true", help="tune, long, continue, inpaint, init: score the generator's "
                    "own output (a log-mel heard through Griffin-Lim), not the whole cascade's; about 5x cheaper on the "
@@ -603,7 +611,7 @@ def parse(argv=None):
     args.strengths = [float(s) for s in args.strengths.split(",")]
     args.region = [float(s) for s in args.region.split(":")]
     args.fit = cascade.KnownFit(args.jump, args.resample, args.guidance)
-    args.methods = [parse_method(m) for m in args.known_methods.split(",")]
+    args.methods = [parse_method(m) for m in args.known_methods.split(",") if m]
     args.candidates = [(float(c[0]), int(c[1]), int(c[2]), float(c[3]) if len(c) > 3 else cascade.EDGE_SECONDS)
                        for c in (c.split(":") for c in args.tune_candidates.split(","))]
     return args

@@ -284,6 +284,16 @@ def test_a_good_file_is_read_mixed_down_and_resampled(files):
     assert args.task.audio.shape == (48000,)                     # 2 s at 24 kHz, one channel
 
 
+def test_reconstruction_guidance_defaults(files):
+    """On for continuation and inpainting, off for long-form, the flag's value wherever given."""
+    ok = str(files / "ok.flac")
+    assert sample.parse_args(["a tune", "--continue", ok])[0].task.fit.guidance == sample.DEFAULT_GUIDANCE > 0
+    assert sample.parse_args(["a tune", "--inpaint", ok, "--region", "0.5:1"])[0].task.fit.guidance == sample.DEFAULT_GUIDANCE
+    assert sample.parse_args(["a tune", "--seconds", "30"])[0].fit.guidance == 0
+    assert sample.parse_args(["a tune", "--continue", ok, "--reconstruction-guidance", "0"])[0].task.fit.guidance == 0
+    assert sample.parse_args(["a tune", "--seconds", "30", "--reconstruction-guidance", "1.5"])[0].fit.guidance == 1.5
+
+
 def test_continuation_with_reconstruction_guidance_from_the_command_line(files, ckpt, tmp_path):
     """The guidance's gradients run under sample.py's grad mode (not inference_mode), and the output
     still starts with the given clip (to 16-bit precision: the file is PCM_16; write_wave scales the
