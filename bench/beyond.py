@@ -246,20 +246,21 @@ def part_tune(args, models, lines):
 def part_long(args, models, lines):
     """Long-form clips scored per 4 s window, against 4 s clips of the same prompts and seeds."""
     kinds = args.long_kinds.split(",")
-    pairs = {k: v for k, v in adherence.prompt_pairs(args.long_pairs).items() if k in kinds}
+    make = adherence.fresh_prompt_pairs if args.long_prompts == "fresh" else adherence.prompt_pairs
+    pairs = {k: v for k, v in make(args.long_pairs).items() if k in kinds}
     prompts = [p for kind in kinds for pair in pairs[kind] for p in pair]
     task = cascade.AudioTask("long", overlap=args.overlap, fit=args.fit, edge=args.edge)
     waves, short, t0, t_long = [], [], time.perf_counter(), 0.0
     for i, p in enumerate(prompts):
         t1 = time.perf_counter()
-        waves.append(run(models, args.pipeline, [p], task, args.long_seconds, i, args.knobs)[0])
+        waves.append(run(models, args.pipeline, [p], task, args.long_seconds, args.seed + i, args.knobs)[0])
         t_long += time.perf_counter() - t1
-        short.append(run(models, args.pipeline, [p], cascade.AudioTask("long"), WINDOW, i, args.knobs)[0])
+        short.append(run(models, args.pipeline, [p], cascade.AudioTask("long"), WINDOW, args.seed + i, args.knobs)[0])
         print(f"  long: {i + 1}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
     per_second = t_long / (args.long_seconds * len(prompts))
     n_win = int(args.long_seconds // WINDOW)
     lines += [f"## Long-form: {args.long_seconds:g} s, {args.pipeline} pipeline{' (generator only)' if FIRST_ONLY else ''}, "
-              f"{args.long_pairs} prompt pairs per kind, "
+              f"{args.long_pairs} {args.long_prompts} prompt pairs per kind, seeds from {args.seed}, "
               f"overlap {args.overlap:g} s, {fit_name(args.fit)}, edge {args.edge:g} s", "",
               f"Pairs ordered right in each {WINDOW:g} s window of the long clips ({n_win} windows per clip), and in "
               f"{WINDOW:g} s clips of the same prompts and seeds (one generator window, no known part):", "",
@@ -577,6 +578,8 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--long-seconds", type=float, default=30.0)
     p.add_argument("--long-pairs", type=int, default=20, help="prompt pairs per kind for long-form")
+    p.add_argument("--long-prompts", default="tuning", choices=("tuning", "fresh"),
+                   help="long-form: bench/adherence.py's prompt pairs (`prompt_pairs`) or its fresh phrasings")
     p.add_argument("--long-kinds", default="tempo,register,drums", help="the kinds of prompt pairs for long-form")
     p.add_argument("--pairs", type=int, default=20, help="real clip pairs per kind for continuation and inpainting")
     p.add_argument("--continue-seconds", type=float, default=4.0, help="seconds generated after the given clip")
