@@ -13,11 +13,13 @@ Where the pieces live:
   cascade's first two stages, and scoring;
 - reports.py: `results` (Tables 5 and 6) and `ablations` (Figures 2 and 3), their Markdown and plots.
 """
+import dataclasses
 import os
 
 import numpy as np
 
 import audio_measures
+import sample
 from data import AudioError, OneLineParser, add_dataclass_flags as add_fields, decode_audio, fft_resample
 from eval_set import EVAL_SECONDS, UsageError, load_embedders, middle
 from metrics import MfccEmbedder, fad, log_mels
@@ -73,10 +75,12 @@ def build_parser():
     fd.add_argument("--embedder", choices=("mfcc", "mulan"), default="mfcc", help="audio embedder (default: mfcc)")
     fd.add_argument("--mulan", default="checkpoints/toy/mulan.pt", help="MuLan model for --embedder mulan")
     fd.add_argument("--seconds", type=float, default=EVAL_SECONDS, help="middle seconds of each file scored")
-    add_fields(sub.add_parser("results", help="Tables 5 and 6 for both pipelines (results.md)", description=(
+    results = sub.add_parser("results", help="Tables 5 and 6 for both pipelines (results.md)", description=(
         "Generate one clip per held-out prompt with each pipeline, and with untrained U-Nets, at 16 kHz; "
-        "write FAD (MFCC, MuLan) and MuLan similarity tables beside the ground-truth and shuffled baselines.")),
-        ResultsConfig)
+        "write FAD (MFCC, MuLan) and MuLan similarity tables beside the ground-truth and shuffled baselines. "
+        "sample.py's --STAGE-FIELD flags set the sampling (default: each stage's preset)."))
+    add_fields(results, ResultsConfig)
+    sample.add_knob_flags(results)
     add_fields(sub.add_parser("ablations", help="CFG scale, step schedule and step count sweeps (ablations.md, PNGs)",
                               description=("Vary one inference knob of one stage at a time (CFG w in 1, 2, 5, 10, 15; "
                                            "back-heavy, uniform, front-heavy schedules; steps x0.25 to x2) and plot FAD "
@@ -112,14 +116,15 @@ def main(argv=None):
     """Entry point; a user's mistake exits 2 with one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    fields = {k: v for k, v in vars(args).items() if k != "command"}
+    config = {"results": ResultsConfig, "ablations": AblationConfig}.get(args.command)
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(config)} if config else {}
     try:
         if args.command == "analyze":
             return run_analyze(args)
         if args.command == "fad":
             return run_fad(args)
         if args.command == "results":
-            return run_results(ResultsConfig(**fields))
+            return run_results(ResultsConfig(**fields), sample.read_knobs(args, parser))
         return run_ablations(AblationConfig(**fields))
     except (UsageError, OSError) as e:
         parser.exit(2, f"evaluate.py {args.command}: error: {(str(e).splitlines() or [''])[0]}\n")

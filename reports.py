@@ -91,8 +91,12 @@ def prepare(cfg):
     return es, embedders, seconds, window, text_emb, gt.reshape(cfg.n, cfg.refs + 1, -1)
 
 
-def run_results(cfg: ResultsConfig):
-    """Generate N clips per system at 16 kHz, score them, write OUT/results.md and results.json."""
+def run_results(cfg: ResultsConfig, knobs=None):
+    """Generate N clips per system at 16 kHz, score them, write OUT/results.md and results.json.
+
+    :param knobs: {stage: cascade.Sampling} (sample.py's --STAGE-FIELD flags); None: each preset's,
+        with cfg.steps, where given, for every stage.
+    """
     t0 = time.time()
     es, embedders, seconds, window, text_emb, gt = prepare(check_config(cfg))
     ref = build_reference(embedders, text_emb, log_mels(gt.reshape(-1, gt.shape[-1]), 16000).reshape(
@@ -100,9 +104,10 @@ def run_results(cfg: ResultsConfig):
     rows = {"Ground truth audio": ground_truth_scores(ref, np.random.default_rng(cfg.seed))}
     check = embedder_check(cfg.corpus, embedders, seconds=window, seed=cfg.seed)
     steps = {}
+    knobs = {s: k if k.steps is not None else dataclasses.replace(k, steps=cfg.steps)
+             for s, k in (knobs or default_knobs()).items()}
     for name, pipeline, untrained in SYSTEMS:
         models, text_encoder = load_pipeline(cfg.ckpt_dir, pipeline, cfg.device, cfg.seed + 1000 if untrained else None)
-        knobs = default_knobs(cfg.steps)
         first = generate_first(models, text_encoder, es.prompts, pipeline, seconds, knobs, cfg.seed, cfg.batch)
         second = generate_second(models, text_encoder, es.prompts, pipeline, seconds, knobs, first, cfg.batch)
         spec = models[cascade.PIPELINES[pipeline][1]].spec

@@ -254,7 +254,13 @@ def test_results_and_ablations_commands_end_to_end(setup, tmp_path, one_thread):
     assert all(np.isfinite(v) for r in rows.values() for v in r.values())
     report = (tmp_path / "r" / "results.md").read_text()
     assert "## Table 5" in report and "## Table 6" in report and "| Untrained Spectrogram |" in report
-    assert json.loads((tmp_path / "r" / "results.json").read_text())["meta"]["n"] == 2
+    meta = json.loads((tmp_path / "r" / "results.json").read_text())["meta"]
+    assert meta["n"] == 2 and meta["stages"]["vocoder"]["sampling_steps"] == 2
+    # sample.py's knob flags set the sampling (the other stages keep --steps)
+    ev.main(["results", *common, "--vocoder-sampler", "ancestral", "--vocoder-steps", "3", "--out", str(tmp_path / "k")])
+    stages = json.loads((tmp_path / "k" / "results.json").read_text())["meta"]["stages"]
+    assert (stages["vocoder"]["sampler"], stages["vocoder"]["sampling_steps"]) == ("ancestral", 3)
+    assert stages["spec-generator"]["sampling_steps"] == 2
     records = ev.main(["ablations", *common, "--stages", "cascader,vocoder", "--out", str(tmp_path / "a")])
     assert [(r["knob"], r["value"]) for r in records if r["stage"] == "cascader"] == \
         [("w", w) for w in reports.CFG_SCALES] + [("schedule", s) for s in reports.SCHEDULES] + [("steps", s) for s in (1, 1, 2, 4)]
