@@ -820,6 +820,8 @@ class Given:
     init: torch.Tensor = None    # (1, C, T) SDEdit's given x_0
     strength: float = 1.0        # SDEdit's start time
     fit: KnownFit = KnownFit()   # the known-region sampler's settings
+    fade: int = 0                # samples (frames) of the unknown part next to the known one that cross-fade from
+                                 # `known` (inpainting: `known` holds the replaced audio there too)
 
     def sample(self, eps, x_T, deltas, schedule, gamma, generator, progress):
         if self.init is not None:
@@ -830,10 +832,27 @@ class Given:
                                              progress, self.fit.guidance)
 
     def keep_known(self, x):
-        """x with its known part set to the known audio exactly (after keep_input_band, say)."""
+        """x with its known part set to the known audio exactly (after keep_input_band, say), and with
+        `fade` > 0 the first and last `fade` samples of each unknown stretch cross-faded from `known`."""
         if self.mask is None:
             return x
-        return torch.where(self.mask.to(x.device), self.known.to(x.device, x.dtype), x)
+        known = self.known.to(x.device, x.dtype)
+        if self.fade <= 0:
+            return torch.where(self.mask.to(x.device), known, x)
+        weight = known_weight(self.mask[0, 0], self.fade).to(x.device, x.dtype)
+        return weight * known + (1 - weight) * x
+
+
+def known_weight(mask, fade):
+    """(T,) weights: 1 on the known samples (mask True), a raised cosine falling from 1 to 0 over the
+    `fade` samples of the unknown part next to a known one, 0 beyond."""
+    T = mask.shape[-1]
+    pos = torch.arange(T, dtype=torch.float64)
+    inf = torch.full_like(pos, math.inf)
+    before = pos - torch.cummax(torch.where(mask, pos, -inf), 0).values              # to the last known at or before
+    after = torch.flip(torch.cummin(torch.flip(torch.where(mask, pos, inf), [0]), 0).values, [0]) - pos
+    d = torch.minimum(before, after)                                                 # 0 on the known part
+    return torch.where(d <= fade, 0.5 * (1 + torch.cos(math.pi * d / (fade + 1))), torch.zeros_like(d))
 
 
 @dataclass
@@ -896,6 +915,11 @@ def pad_edge(x, length):
     return torch.nn.functional.pad(x, (0, length - x.shape[-1]), mode="replicate")
 
 
+# Inpainting's later stages keep the clip outside the region exactly, and their own audio starts at the
+# region's edge: the first and last 20 ms of the region cross-fade from the replaced audio to theirs.
+INPAINT_FADE_SECONDS = 0.02
+
+
 def known_at(spec, task, n, fit=KnownFit()):
     """The task's known audio as a `Given` for the stage `spec` over n samples (frames), or None.
 
@@ -908,7 +932,8 @@ def known_at(spec, task, n, fit=KnownFit()):
         return None
     x = at_stage(spec, task.audio)[None]                                            # (1, C, T')
     mask = known_mask(intervals, spec.frame_rate, n) & (torch.arange(n) < x.shape[-1])
-    return Given(known=pad_edge(x, n), mask=mask, fit=fit)
+    fade = round(INPAINT_FADE_SECONDS * spec.frame_rate) if task.mode == "inpaint" and spec.output == "wave" else 0
+    return Given(known=pad_edge(x, n), mask=mask, fit=fit, fade=fade)
 
 
 def generate_windows(stage, knobs, batch, total, generator, prefix=None, overlap=DEFAULT_OVERLAP, fit=KnownFit(),

@@ -159,6 +159,19 @@ def test_inpainting_keeps_everything_outside_the_region(models):
     assert not torch.allclose(out[:, a:b], clip[a:b].expand(2, -1), atol=1e-3)
 
 
+def test_inpainting_cross_fades_into_the_region_and_keeps_the_rest_exactly():
+    mask = torch.ones(1, 1, 40, dtype=torch.bool)
+    mask[..., 10:30] = False
+    given = cascade.Given(known=torch.zeros(1, 1, 40), mask=mask, fade=4)
+    out = given.keep_known(torch.ones(2, 1, 40))[0, 0]
+    assert torch.equal(out[:10], torch.zeros(10)) and torch.equal(out[30:], torch.zeros(10))
+    ramp = out[10:15]                               # rising from the known 0 to the generated 1
+    assert torch.all(ramp[1:] > ramp[:-1]) and 0 < ramp[0] < 0.2 and ramp[-1] == 1
+    assert torch.allclose(out[10:30], out[10:30].flip(0)) and torch.equal(out[14:26], torch.ones(12))
+    no_fade = cascade.Given(known=torch.zeros(1, 1, 40), mask=mask).keep_known(torch.ones(2, 1, 40))[0, 0]
+    assert torch.equal(no_fade[10:30], torch.ones(20))
+
+
 def test_long_form_windows_join_on_their_known_part(models, monkeypatch):
     """Each generator window's first `overlap` samples are the previous window's last ones but for its
     last EDGE_SECONDS, which the next window regenerates."""
