@@ -16,11 +16,12 @@ Each part writes a section of --out (the command line heads the file):
 - continue / inpaint: pairs of real toy-corpus clips (toy_corpus.py renders them) that differ in one
   attribute; the prompt names the clip's other attributes only, so the generated part can get the
   measured one only from the given audio. Pair right = the generated parts measure the right way
-  round, as the given clips do. Also: the largest change of the known part (float), the seam, and
-  RePaint against plain replacement.
+  round, as the given clips do; judge agrees = the judge hears the given clip's own value in the
+  generated part. Also: the largest change of the known part (float), the seam, and the known-region
+  samplers of --known-methods (replacement, RePaint, reconstruction guidance) side by side.
 - init (SDEdit): a real clip and a prompt that changes one attribute; an output takes it when the
-  analyzer's class (threshold midway, in log scale, between real clips of the two words) is the
-  prompted one, and keeps the others when their classes stay the clip's; a curve over strength.
+  judge (bench/judge.py's classifiers, trained on real clips) hears the prompted value, and keeps the
+  others when it hears the clip's own values of them; a curve over strength.
 - upsample: real clips taken down to 3.2 kHz (cascader + super-res) and to 16 kHz (super-res alone)
   and restored to 24 kHz; log-spectral distance to the real 24 kHz clip against FFT up-sampling, per
   band (the given band, which the stages keep, apart from the bands they make).
@@ -389,58 +390,42 @@ def heard(clip):
     return data.fft_resample(data.griffin_lim(mel).double(), data.MEL_SAMPLE_RATE, RATE)[0].float().numpy()
 
 
-def thresholds(corpus, n):
-    """{kind: threshold}: the geometric mean of the medians of n real clips of each word."""
-    out = {}
-    for kind, (key, hi, lo) in KIND_ATTR.items():
-        meds = []
-        for v in (hi, lo):
-            vals = []
-            for i in range(n):
-                base = dict(tempo=("slow", "fast")[i % 2], instrument=("flute", "bass")[i // 2 % 2], drums=bool(i // 4 % 2))
-                clip, _ = corpus.clip(WINDOW, **{**base, key: v})
-                vals.append(measure(kind, heard(clip)))
-            meds.append(np.median(vals))
-        out[kind] = float(np.sqrt(max(meds[0], 1e-6) * max(meds[1], 1e-6)))
-    return out
-
-
 def part_init(args, models, lines):
+    """SDEdit on real clips with prompts that change one attribute: as the judge hears the outputs, the
+    share that take the prompted value and keep the clip's other two, per strength."""
     corpus = Corpus(args.seed + 3)
-    cut = thresholds(corpus, 6)
-    classify = lambda w: {k: measure(k, w) > cut[k] for k in KIND_ATTR}
+    judge = load_judge(args)
     clips = []
     for i in range(args.a2a_clips):
         clip, attrs = corpus.clip(WINDOW, ("slow", "fast")[i % 2], ("flute", "bass")[i // 2 % 2], bool(i // 4 % 2))
         clips.append((clip, attrs))
-    flip = {"tempo": {"fast": "slow", "slow": "fast"}, "register": {"flute": "bass", "bass": "flute"},
+    flip = {"tempo": {"fast": "slow", "slow": "fast"}, "instrument": {"flute": "bass", "bass": "flute"},
             "drums": {True: False, False: True}}
+    keys = [key for key, _, _ in KIND_ATTR.values()]
     lines += [f"## Audio-to-audio (SDEdit at the generator, {args.pipeline} pipeline): {args.a2a_clips} real clips, "
               "each with three prompts that change one attribute", "",
-              "Thresholds (geometric mean of the medians of 6 real clips per word" + (", heard through their log-mel and "
-              "Griffin-Lim like the outputs" if FIRST_ONLY else "") + "): "
-              + ", ".join(f"{k} {v:.3g}" for k, v in cut.items()), "",
+              "Took: the judge (bench/judge.py) hears the prompted value; kept: it hears the clip's own value of the "
+              "other two (tempo, instrument, drums). First row: the given clips themselves"
+              + (", heard as the outputs are (log-mel through Griffin-Lim)" if FIRST_ONLY else "") + ".", "",
               "| strength | " + " | ".join(f"{k}: took / kept others / both" for k in KIND_ATTR) + " | all: both |",
               "|---" * (len(KIND_ATTR) + 2) + "|"]
-    given_cls = [classify(heard(c)) for c, _ in clips]
+    given = [judge_hears(judge, heard(c)) for c, _ in clips]
+    kept_given = {k: np.mean([all(g[o] == a[o] for o in keys if o != k) for g, (_, a) in zip(given, clips)]) for k in keys}
+    lines.append("| the given clips | " + " | ".join(f"- / {kept_given[k]:.0%} / -" for k in keys) + " | - |")
     for s in args.strengths:
-        took, kept, both = {k: [] for k in KIND_ATTR}, {k: [] for k in KIND_ATTR}, {k: [] for k in KIND_ATTR}
+        took, kept, both = {k: [] for k in keys}, {k: [] for k in keys}, {k: [] for k in keys}
         for i, (clip, attrs) in enumerate(clips):
-            prompts, wanted = [], []
-            for kind, (key, hi, lo) in KIND_ATTR.items():
-                new = dict(attrs, **{key: flip[kind][attrs[key]]})
-                prompts.append(prompt_for(new))
-                wanted.append(new[key] == hi)
+            prompts = [prompt_for(dict(attrs, **{key: flip[key][attrs[key]]})) for key in keys]
             task = cascade.AudioTask("init", torch.from_numpy(clip), RATE, strength=s)
             outs = run(models, args.pipeline, prompts, task, 0.0, 200 + i, args.knobs)
-            for kind, out, want in zip(KIND_ATTR, outs, wanted):
-                cls = classify(out)
-                t = cls[kind] == want
-                k_ = all(cls[o] == given_cls[i][o] for o in KIND_ATTR if o != kind)
-                took[kind].append(t), kept[kind].append(k_), both[kind].append(t and k_)
-        allb = np.mean([v for k in KIND_ATTR for v in both[k]])
+            for key, out in zip(keys, outs):
+                hears = judge_hears(judge, out)
+                t = hears[key] == flip[key][attrs[key]]
+                k_ = all(hears[o] == attrs[o] for o in keys if o != key)
+                took[key].append(t), kept[key].append(k_), both[key].append(t and k_)
+        allb = np.mean([v for k in keys for v in both[k]])
         lines.append(f"| {s:g} | " + " | ".join(f"{np.mean(took[k]):.0%} / {np.mean(kept[k]):.0%} / {np.mean(both[k]):.0%}"
-                                                for k in KIND_ATTR) + f" | {allb:.0%} |")
+                                                for k in keys) + f" | {allb:.0%} |")
         print(lines[-1], flush=True)
     lines.append("")
 
