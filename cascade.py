@@ -789,7 +789,8 @@ def _stage_done(timings, keep):
 #     only the band the clip lacks.
 # Known regions use replacement (diffusion.known_region_sample); in the generator, optionally with
 # RePaint's resampling or reconstruction guidance (`KnownFit`); the later stages, led by their
-# low-fidelity input, use plain replacement. The final 24 kHz output equals the given audio exactly on its known part.
+# low-fidelity input, use plain replacement. The final 24 kHz output equals the given audio exactly
+# on its known part.
 
 GIVEN_RATE = 24000       # the given clip is held at the output rate
 DEFAULT_OVERLAP = 2.0    # seconds of each long-form window that are the previous audio (bench/beyond.py's choice)

@@ -636,7 +636,8 @@ def reconstruction_guided_eps_fn(eps_fn, schedule, known, mask, weight):
 @torch.no_grad()
 def known_region_sample(eps_fn, x_T, deltas, schedule, gamma, known, mask, jump=0, resample=1,
                         generator=None, progress=None, guidance=0.0):
-    """Eq. 4 with part of x_0 given: replacement, optionally with RePaint's resampling.
+    """Eq. 4 with part of x_0 given: replacement, optionally with RePaint's resampling and / or
+    reconstruction guidance (`reconstruction_guided_eps_fn`).
 
     After every denoising step to time s, the known part of x_s is replaced by the known audio
     noised to s, q_sample(known, s) (the "replacement" method of Song et al. 2021 and Ho et al.

@@ -98,7 +98,8 @@ DEFAULT_STRENGTH = 0.6
 # --repaint-resample 3 (three times the generator's steps). Reconstruction guidance at w = 3 for
 # continuation and inpainting: on the tuning clips (seeds from 1000) it gave the highest mean share
 # of new parts in which the judge hears the given clip's tempo, instrument and drums (w = 8 tied, with
-# rougher joins); long-form keeps plain replacement, its setting chosen by the seams alone.
+# rougher joins). Long-form keeps plain replacement: with guidance its windows followed their prompts
+# less often and drifted out of the data's range (bench/results_beyond.md).
 DEFAULT_JUMP, DEFAULT_RESAMPLE = 0, 1
 DEFAULT_GUIDANCE = 3.0
 MIN_AUDIO_SECONDS = 0.5
