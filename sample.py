@@ -342,14 +342,18 @@ def check_prompts(prompts, tokenizer, stages):
             print(f"warning: prompt {i} is longer than {limit} tokens and is truncated", file=sys.stderr)
 
 
-def write_wave(path, wave, rate):
+def write_wave(path, wave, rate, keep_level=False):
     """Write finite float audio as 16-bit WAV, scaled down only where the peak would clip; written
-    whole to a temporary file and renamed, so the path never holds a partial file."""
+    whole to a temporary file and renamed, so the path never holds a partial file. With keep_level
+    (continuation, inpainting: the given audio must come out as it went in) samples past full scale
+    are clipped instead, and the file is not scaled."""
     wave = np.asarray(wave, dtype=np.float32)
     if not np.isfinite(wave).all():
         raise FloatingPointError(f"{path}: the audio holds NaN or infinite values")
     peak = np.abs(wave).max(initial=0.0)
-    if peak > 0.999:
+    if peak > 0.999 and keep_level:
+        wave = np.clip(wave, -0.999, 0.999)
+    elif peak > 0.999:
         wave = wave * (0.999 / peak)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     checks.atomic_write(path, lambda tmp: sf.write(tmp, wave, rate, subtype="PCM_16", format="WAV"))
@@ -406,7 +410,8 @@ def main(argv=None):
             parser.exit(2, f"{parser.prog}: error: {e} (try fewer extreme knobs, or check that checkpoint)\n")
         for i, wave in enumerate(audio):
             path = args.out_paths[start + i]
-            write_wave(path, wave.numpy().T, 24000)       # (T,) mono, or (T, 2) left, right
+            keep_level = task is not None and task.mode in ("continue", "inpaint")
+            write_wave(path, wave.numpy().T, 24000, keep_level)     # (T,) mono, or (T, 2) left, right
             if args.save_stages:
                 save_stages(os.path.splitext(path)[0], {k: v[i] for k, v in keep.items()}, stages)
             outputs.append(path)

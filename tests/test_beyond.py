@@ -309,8 +309,8 @@ def test_reconstruction_guidance_defaults(files):
 
 def test_continuation_with_reconstruction_guidance_from_the_command_line(files, ckpt, tmp_path):
     """The guidance's gradients run under sample.py's grad mode (not inference_mode), and the output
-    still starts with the given clip (to 16-bit precision: the file is PCM_16; write_wave scales the
-    whole file down if the untrained stages' new part peaks above full scale)."""
+    starts with the given clip to 16-bit precision (the file is PCM_16), though the untrained stages'
+    new part peaks above full scale: the file is clipped there, not scaled."""
     out = str(tmp_path / "c.wav")
     fast = [a for s in cascade.STAGES for a in (f"--{s}-steps", "2")]
     sample.main(["a slow tune", "--continue", str(files / "ok.flac"), "--seconds", "2.5", "--reconstruction-guidance",
@@ -318,9 +318,8 @@ def test_continuation_with_reconstruction_guidance_from_the_command_line(files, 
     wave, rate = sf.read(out)
     given, _ = sample.read_audio_input("--continue", str(files / "ok.flac"), None)
     assert rate == 24000 and len(wave) == 60000 and np.isfinite(wave).all()
-    head, given = wave[:len(given)], given.numpy().astype(np.float64)
-    scale = head @ given / (given @ given)
-    assert 0 < scale <= 1 and np.abs(head - scale * given).max() < 2 / 32768, scale
+    assert np.abs(wave[:len(given)] - given.numpy()).max() < 1 / 32768
+    assert np.abs(wave[len(given):]).max() > 0.99         # the new part reached full scale
 
 
 def test_missing_file_from_the_command_line(files):
