@@ -44,7 +44,6 @@ import audio_measures  # noqa: E402
 import cascade  # noqa: E402
 import data  # noqa: E402
 import judge as judge_bench  # noqa: E402
-import judge_model  # noqa: E402
 import sample  # noqa: E402
 import toy_corpus  # noqa: E402
 
@@ -367,19 +366,14 @@ def part_known(args, models, lines, mode):
     lines += ["", "Seam:", ""] + SEAM_HEADER + seams + [""]
 
 
-JUDGE_PATH = "/tmp/fidelity_judge.pt"
-
-
 def load_judge(args):
     """bench/judge.py's judge (trained once and kept at --judge; about 10 minutes when missing)."""
-    ns = argparse.Namespace(train_clips=900, heldout_clips=200, copies=2, judge_seed=0)
-    return judge_bench.load_judge(args.judge, ns, lambda line: print(line, flush=True))
+    return judge_bench.load_judge(args.judge, log=lambda line: print(line, flush=True))
 
 
 def judge_hears(judge, wave, rate=RATE):
     """{attribute: the value the judge hears} for one clip."""
-    x = judge_model.features(wave, rate)[None]
-    return {name: judge_model.ATTRIBUTES[name][int(judge_model.predict(m, x)[0])] for name, m in judge["models"].items()}
+    return {name: values[0] for name, values in judge_bench.hear(judge, [wave], rate).items()}
 
 
 def heard(clip):
@@ -588,7 +582,7 @@ def parse(argv=None):
     p.add_argument("--first-stage", action="store_true", help="tune, long, continue, inpaint, init: score the generator's "
                    "own output (a log-mel heard through Griffin-Lim), not the whole cascade's; about 5x cheaper on the "
                    "spectrogram path. The later stages run over the whole length at once, so the seams are the generator's")
-    p.add_argument("--judge", default=JUDGE_PATH, help="continue / inpaint: bench/judge.py's trained judge "
+    p.add_argument("--judge", default=judge_bench.DEFAULT_JUDGE, help="continue / inpaint: bench/judge.py's trained judge "
                    "(trained and stored here when missing)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda (bfloat16 on cuda, as sample.py)")

@@ -184,7 +184,13 @@ def fit_judge(judge, log):
     return judge
 
 
-def load_judge(path, args, log):
+DEFAULT_JUDGE = "/tmp/fidelity_judge.pt"
+TRAINING = dict(train_clips=900, heldout_clips=200, copies=2, judge_seed=0)     # `score`'s defaults
+
+
+def load_judge(path, args=None, log=print):
+    """The judge stored at path, or one trained (args: `score`'s flags; None: TRAINING) and stored there."""
+    args = args or argparse.Namespace(**TRAINING)
     if os.path.isfile(path):
         judge = fit_judge(torch.load(path, weights_only=False), log)
         judge["mtime"] = os.path.getmtime(path)
@@ -208,11 +214,15 @@ def stage_audio(name, x):
     return [w[0].numpy() for w in x], STAGE_RATES[name]
 
 
+def hear(judge, clips, rate):
+    """{attribute: [the value the judge hears in each clip]}."""
+    x = np.stack([jm.features(c, rate) for c in clips])
+    return {name: [jm.ATTRIBUTES[name][k] for k in jm.predict(m, x)] for name, m in judge["models"].items()}
+
+
 def measure_clips(judge, clips, rate):
     """Per clip: predicted attributes, noise floor, confident-note share, MFCC statistics."""
-    x = np.stack([jm.features(c, rate) for c in clips])
-    predicted = {name: [jm.ATTRIBUTES[name][k] for k in jm.predict(m, x)] for name, m in judge["models"].items()}
-    return {"predicted": predicted,
+    return {"predicted": hear(judge, clips, rate),
             "floor": np.array([audio_measures.noise_floor_db(c, rate) for c in clips]),
             "notes": np.array([audio_measures.confident_note_fraction(c, rate) for c in clips]),
             "mfcc": np.stack([audio_measures.mfcc_stats(c, rate) for c in clips])}
@@ -370,12 +380,12 @@ def main():
     s = sub.add_parser("score", help="judge stored runs, per stage")
     s.add_argument("files", nargs="*", help="files of `generate` (none: train the judge and measure real clips)")
     s.add_argument("--out", help="write the markdown report here too")
-    s.add_argument("--judge", default="/tmp/fidelity_judge.pt", help="the trained judge (trained and stored "
+    s.add_argument("--judge", default=DEFAULT_JUDGE, help="the trained judge (trained and stored "
                    "here when missing)")
-    s.add_argument("--train-clips", type=int, default=900)
-    s.add_argument("--heldout-clips", type=int, default=200)
-    s.add_argument("--copies", type=int, default=2, help="degraded copies of each training clip")
-    s.add_argument("--judge-seed", type=int, default=0)
+    s.add_argument("--train-clips", type=int, default=TRAINING["train_clips"])
+    s.add_argument("--heldout-clips", type=int, default=TRAINING["heldout_clips"])
+    s.add_argument("--copies", type=int, default=TRAINING["copies"], help="degraded copies of each training clip")
+    s.add_argument("--judge-seed", type=int, default=TRAINING["judge_seed"])
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.command == "generate":
