@@ -617,19 +617,19 @@ def reconstruction_guided_eps_fn(eps_fn, schedule, known, mask, weight):
     gradient, taken through the model, of how far the known part's estimate lies from the known
     audio: x~_0 = x^_0 - (weight alpha_t / 2) (1 - mask) grad_{x_t} ||mask (known - x^_0)||^2
     (weight = 1 is the Gaussian approximation q(known | x_t) = N(x^_0, sigma_t^2 / alpha_t^2 I);
-    Ho et al. find weights above 1 better). The returned eps is the one consistent with x~_0. It costs
+    Ho et al. find weights above 1 better). The returned eps is the one consistent with x~_0, written
+    as eps_hat + (alpha_t / sigma_t)(x^_0 - x~_0) as in `clipped_eps_fn`. It costs
     a backward pass through eps_fn per step, so eps_fn must be differentiable (no inference_mode).
     """
     def guided(x_t, t):
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
-            x0 = x0_from_eps(x, eps_fn(x, t), t, schedule)
-            err = (mask * (known - x0)).pow(2).sum()
+            eps = eps_fn(x, t)
+            err = (mask * (known - x0_from_eps(x, eps, t, schedule))).pow(2).sum()
             grad, = torch.autograd.grad(err, x)
         alpha, sigma = alpha_sigma(t, schedule)
-        shift = _expand((weight * alpha / 2).to(x_t.dtype), x_t) * (1 - mask) * grad
-        eps = (x_t - _expand(alpha.to(x_t.dtype), x_t) * x0.detach()) / _expand(sigma.to(x_t.dtype), x_t)
-        return eps + _expand((alpha / sigma).to(x_t.dtype), x_t) * shift
+        shift = _expand((weight * alpha / 2).to(x_t.dtype), x_t) * (1 - mask) * grad     # x^_0 - x~_0
+        return eps.detach() + _expand((alpha / sigma).to(x_t.dtype), x_t) * shift
     return guided
 
 
