@@ -201,6 +201,25 @@ def noise_floor_db(wave, sample_rate, band_hz=8000.0, peak_share=0.001):
     return float(np.quantile(db, 1.0 - peak_share) - np.median(db))
 
 
+FLOOR_BANDS_HZ = (0.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
+
+
+def band_floors_db(wave, sample_rate, edges=FLOOR_BANDS_HZ, peak_share=0.001):
+    """`noise_floor_db` band by band: the peak level of the whole clip (under the last edge) minus the
+    median bin of each band between consecutive `edges` (NaN for a band above the Nyquist rate).
+    Where the hiss lies: the overall median falls in the widest band with any content."""
+    power, _ = _stft_power(wave, sample_rate, 0.064, 0.016)
+    freqs = np.arange(power.shape[0]) * sample_rate / (2 * (power.shape[0] - 1))
+    db = 10.0 * np.log10(power + 1e-20)
+    inside = (freqs > 0) & (freqs < min(edges[-1], sample_rate / 2))
+    peak = np.quantile(db[inside], 1.0 - peak_share)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        band = inside & (freqs >= lo) & (freqs < hi)
+        out.append(float(peak - np.median(db[band])) if band.any() and lo < sample_rate / 2 else float("nan"))
+    return np.array(out)
+
+
 def confident_note_fraction(wave, sample_rate, threshold=0.6, fmin=30.0, fmax=1600.0):
     """Share of the clip's non-quiet frames where a pitch tracker finds a confident note, in [0, 1].
 

@@ -138,6 +138,7 @@ class StageSpec:
     clip: float               # dynamic-clipping percentile of |x_0| (0 = none)
     keep_band: bool           # replace the output's band below cond_rate / 2 by the input's (keep_input_band)
     project: float            # vocoder: x_0 estimates take the log-mel's magnitude at t > this; 1 = never
+    mel_fit: int              # vocoder: that magnitude is the estimate's own fitted in N rounds (data.fit_to_mel); 0 = the log-mel's alone
 
     @property
     def has_text(self):
@@ -191,7 +192,9 @@ _RECIPE = dict(
     ode_steps=0,
     keep_band=False,
     project=1.0,
+    mel_fit=0,
 )
+MEL_FIT_ROUNDS = 10         # the toy vocoder's projection: rounds of data.fit_to_mel (mel_projection)
 # Toy stages sample with DPM-Solver++(2M) (Lu et al. 2022; diffusion.dpmpp_2m_sample) at these step
 # counts; `steps` stays eq. 4's (audio in, `--STAGE-sampler ancestral`). Chosen on bench/adherence.py's
 # prompts at seed 0 (bench/results_sampling.md): each path's pairs stayed at 90% or more per kind, at
@@ -281,7 +284,7 @@ PRESETS = {
         steps=ByScale(toy=25, small=100, full=100),
         step_schedule="front-heavy", gamma=0.0, w=1.0, **_toy_ode(8),
         # toy: mel projection (GLA-Grad, Liu et al. 2024) at every step; see mel_projection.
-        project=ByScale(toy=0.0, small=1.0, full=1.0)),
+        project=ByScale(toy=0.0, small=1.0, full=1.0), mel_fit=MEL_FIT_ROUNDS),
     "super-res": dict(
         _RECIPE, output="wave", sample_rate=24000, frame_rate=24000, cond_rate=16000, aligned=False,
         token_len=0,
@@ -451,6 +454,7 @@ class Sampling:
     aug: float = None          # noise time of the conditioning input (cascaders, vocoder); default 0 = clean
     keep_band: int = None      # 1: the output keeps the input's band (cascaders; super-res's default), 0: not
     project: float = None      # vocoder: project x_0 estimates onto the log-mel's magnitude at t > this; 1 = never
+    mel_fit: int = None        # vocoder: Richardson-Lucy rounds fitting the estimate's own magnitude (0: the log-mel's)
 
 
 def resolve_sampler(spec: StageSpec, knobs: Sampling):
@@ -532,7 +536,7 @@ class StageModel:
         return pair
 
 
-def mel_projection(mel, peak=MEL_PROJECTION_PEAK):
+def mel_projection(mel, peak=MEL_PROJECTION_PEAK, fit=0):
     """x_0 -> x_0 with the STFT magnitude of the log-mel `mel` (B, 80, F) and its own phase, scaled
     down per clip where its peak would exceed `peak` (GLA-Grad, Liu et al. 2024; not in Noise2Music).
 
@@ -541,11 +545,15 @@ def mel_projection(mel, peak=MEL_PROJECTION_PEAK):
     log-mel, and its small U-Net cannot find it in x_t. Projected, its output has the loudness and
     pitch the log-mel implies. The peak limit keeps clips whose log-mel is louder than any training
     clip from clipping. `--vocoder-project 1` samples as the paper's wiring would.
+
+    With `fit` rounds (the toy preset's MEL_FIT_ROUNDS) the magnitude is not the log-mel's smooth
+    one, which fills the space between partials with the band's mean power (a hiss 30-50 dB over
+    real clips' floor above 1 kHz), but the estimate's own, fitted to the log-mel (data.fit_to_mel).
     """
-    magnitude = mel_magnitude(mel)                # the same at every step
+    magnitude = None if fit else mel_magnitude(mel)                # the same at every step
 
     def project(x0):
-        y = project_to_mel(x0, mel, magnitude.to(x0.dtype))
+        y = project_to_mel(x0, mel, None if fit else magnitude.to(x0.dtype), fit)
         top = y.abs().amax(dim=(-2, -1), keepdim=True)
         return y * (peak / top.clamp(min=peak))
     return project
@@ -574,6 +582,7 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
     keep = spec.keep_band if knobs.keep_band is None else bool(knobs.keep_band)
     clean = route.get("cond") if keep and spec.cond_rate else None
     project = spec.project if knobs.project is None else knobs.project
+    fit = spec.mel_fit if knobs.mel_fit is None else knobs.mel_fit
     mel = route.get("aligned") if spec.aligned and project < 1 else None
     x_T = torch.randn(shape, generator=generator).to(stage.device)
     if stage.model.config.aug_level:            # the conditioning's noise level (Ho et al. 2022b)
@@ -589,7 +598,7 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
     elif percentile is not None:
         eps = diffusion.clipped_eps_fn(eps, spec.schedule, percentile)
     if mel is not None:
-        eps = diffusion.projected_eps_fn(eps, spec.schedule, mel_projection(mel), project)
+        eps = diffusion.projected_eps_fn(eps, spec.schedule, mel_projection(mel, fit=fit), project)
     if given is None:
         x = diffusion.run_sampler(sampler, eps, x_T, deltas, spec.schedule, gamma, generator, progress)
     else:

@@ -225,25 +225,65 @@ def mel_magnitude(spec):
 
 def _with_magnitude(wave, magnitude):
     """`wave` [N x T] (frames centred on 160 f) with its STFT magnitude replaced, its phase kept."""
-    window = _mel_constants(wave.dtype, wave.device)[0]
-    stft = torch.stft(wave, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, return_complex=True)
-    stft = magnitude * stft / stft.abs().clamp(min=1e-8)
-    return torch.istft(stft, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, length=wave.shape[-1])
+    stft = _stft(wave)
+    return _istft(magnitude * stft / stft.abs().clamp(min=1e-8), wave.shape[-1])
 
 
-def project_to_mel(wave, spec, magnitude=None):
+def project_to_mel(wave, spec, magnitude=None, fit=0):
     """`wave` with the STFT magnitude of the log-mel `spec` and its own phase: one Griffin-Lim round.
 
     wave [... x F * 160] at 16 kHz, spec [... x 80 x F]. The vocoder's sampler can apply it to
     each step's estimate of x_0 (cascade.mel_projection; GLA-Grad, Liu et al. 2024),
     passing `magnitude` = mel_magnitude(spec), computed once for all the steps.
+    With `fit` > 0 the magnitude is instead the wave's own, fitted to the log-mel (`fit_to_mel`).
     """
     lead, T = wave.shape[:-1], wave.shape[-1]
-    magnitude = mel_magnitude(spec) if magnitude is None else magnitude
-    magnitude = magnitude.reshape(-1, MEL_NFFT // 2 + 1, spec.shape[-1] + 1)
     shifted = torch.nn.functional.pad(wave.reshape(-1, T)[:, MEL_HOP // 2:], (0, MEL_HOP // 2))
-    out = _with_magnitude(shifted, magnitude.to(wave.dtype))
+    if fit:
+        stft = _stft(shifted)
+        magnitude = fit_to_mel(stft.abs(), spec.reshape(-1, MEL_BINS, spec.shape[-1]), fit)
+        out = _istft(magnitude * stft / stft.abs().clamp(min=1e-8), T)
+    else:
+        magnitude = mel_magnitude(spec) if magnitude is None else magnitude
+        magnitude = magnitude.reshape(-1, MEL_NFFT // 2 + 1, spec.shape[-1] + 1)
+        out = _with_magnitude(shifted, magnitude.to(wave.dtype))
     return torch.nn.functional.pad(out, (MEL_HOP // 2, 0))[:, :T].reshape(*lead, T)
+
+
+def fit_to_mel(magnitude, spec, rounds):
+    """An STFT magnitude [N x 513 x F + 1] moved, by `rounds` Richardson-Lucy rounds, towards one whose
+    mel spectrogram is the log-mel `spec` [N x 80 x F] (frames as `mel_magnitude`'s).
+
+    Each round multiplies every bin's power by the filterbank-weighted mean, over the mel bands it
+    falls in, of (the band's power in `spec`) / (its power now): the EM step for non-negative power
+    seen through the filterbank (Richardson 1972, Lucy 1974). Unlike `mel_magnitude`, which spreads a
+    band's power evenly over its bins, it keeps the detail within each band that `magnitude` has:
+    a partial stays a line and the bins between partials stay low. A band at the log floor (-100 dB,
+    `DB_MIN`) is taken to hold nothing rather than exactly the floor's power: the log-mel cannot tell
+    the floor from silence, and spread over a wide band the floor's power is a hiss 85-90 dB under
+    a clip's peaks where real clips have none. Bins outside every band keep `mel_magnitude`'s values.
+    """
+    window, fbank, _ = _mel_constants(magnitude.dtype, magnitude.device)
+    scale = window.sum()
+    target = (db_to_mel(denormalize_db(spec)) - db_to_mel(DB_MIN)).clamp(min=0.0)
+    target = torch.nn.functional.pad(target, (0, 1))               # mel_magnitude's extra end frame
+    cover = fbank.sum(0)[:, None]
+    tiny = torch.finfo(magnitude.dtype).tiny
+    power = (magnitude / scale) ** 2 + tiny
+    for _ in range(rounds):
+        power = power * (fbank.T @ (target / (fbank @ power + tiny))) / cover.clamp(min=tiny)
+    out = power.sqrt() * scale
+    return torch.where(cover > 0, out, mel_magnitude(spec).to(out.dtype))
+
+
+def _stft(wave):
+    window = _mel_constants(wave.dtype, wave.device)[0]
+    return torch.stft(wave, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, return_complex=True)
+
+
+def _istft(stft, length):
+    window = _mel_constants(stft.real.dtype, stft.device)[0]
+    return torch.istft(stft, MEL_NFFT, MEL_HOP, MEL_WIN, window, center=True, length=length)
 
 
 def griffin_lim(spec, iters=8):

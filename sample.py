@@ -43,6 +43,7 @@ import text
 MIN_SECONDS = 0.01      # one log-mel frame
 MAX_SECONDS = 600.0
 MAX_W = 100.0           # CFG scales past this only amplify the model's error
+MAX_MEL_FIT = 1000      # Richardson-Lucy rounds per step: more change nothing but the time
 
 
 def build_parser():
@@ -186,7 +187,7 @@ def add_knob_flags(p):
     """--STAGE-FIELD for each stage and its `cascade.Sampling` fields (also used by bench/adherence.py)."""
     for stage in cascade.STAGES:
         for f in _knob_fields(stage):
-            kind = str if f.name in ("schedule", "sampler") else (int if f.name in ("steps", "keep_band") else float)
+            kind = str if f.name in ("schedule", "sampler") else (int if f.name in ("steps", "keep_band", "mel_fit") else float)
             default = "Table 3 / the checkpoint's scale"
             if f.name == "sampler":
                 p.add_argument(f"--{stage}-sampler", choices=diffusion.SAMPLERS, default=None, metavar="NAME",
@@ -199,15 +200,19 @@ def add_knob_flags(p):
             if f.name == "project":
                 default = (f"{cascade.stage_spec(stage).project:g} at toy scale, 1 = never at full; x_0 estimates "
                            "take the log-mel's magnitude at times above it")
+            if f.name == "mel_fit":
+                default = (f"{cascade.stage_spec(stage).mel_fit}; the projected magnitude is the estimate's own, fitted "
+                           "to the log-mel in this many rounds; 0 = the log-mel's smooth magnitude")
             p.add_argument(f"--{stage}-{f.name.replace('_', '-')}", type=kind, default=None,
                            help=f"{stage}: {f.name} (default: {default})")
 
 
 def _knob_fields(stage):
     """The Sampling fields that mean something for `stage` (aug: stages with an input; keep_band: the
-    cascaders; project: the vocoder)."""
+    cascaders; project, mel_fit: the vocoder)."""
     spec = cascade.stage_spec(stage)
-    has_input = {"aug": spec.cond_rate or spec.aligned, "keep_band": spec.cond_rate, "project": spec.aligned}
+    has_input = {"aug": spec.cond_rate or spec.aligned, "keep_band": spec.cond_rate, "project": spec.aligned,
+                 "mel_fit": spec.aligned}
     return [f for f in dataclasses.fields(cascade.Sampling) if has_input.get(f.name, True)]
 
 
@@ -291,6 +296,7 @@ def _read_knobs(args):
         checks.check_number(flag("w"), values["w"], 0, MAX_W)
         checks.check_number(flag("aug"), values.get("aug"), 0, 1)
         checks.check_number(flag("project"), values.get("project"), 0, 1)
+        checks.check_number(flag("mel_fit"), values.get("mel_fit"), 0, MAX_MEL_FIT)
         checks.check_number(flag("clip"), values["clip"], 0, 1, high_open=True)
         if values.get("keep_band") not in (None, 0, 1):
             raise checks.InputError(f"{flag('keep_band')} must be 0 or 1")

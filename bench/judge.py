@@ -114,7 +114,7 @@ def generate(args, p):
                            for sd in seeds}}
     t0 = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
-    name = args.set + (" (real clips as the generator's output)" if args.real else "")
+    name = stored["set"] if args.from_ else args.set + (" (real clips as the generator's output)" if args.real else "")
     result = {"set": name, "prompts": texts, "attributes": [a for _, a in prompts], "seeds": seeds,
               "knobs": {s: {k: v for k, v in vars(kn).items() if v is not None} for s, kn in knobs.items()},
               "runs": {}}
@@ -225,6 +225,7 @@ def measure_clips(judge, clips, rate):
     return {"predicted": hear(judge, clips, rate),
             "floor": np.array([audio_measures.noise_floor_db(c, rate) for c in clips]),
             "notes": np.array([audio_measures.confident_note_fraction(c, rate) for c in clips]),
+            "bands": np.stack([audio_measures.band_floors_db(c, rate) for c in clips]),
             "mfcc": np.stack([audio_measures.mfcc_stats(c, rate) for c in clips])}
 
 
@@ -270,7 +271,9 @@ def stored_rows(path, judge, log):
     stored = torch.load(path, weights_only=True)
     cache = path + ".judged"
     if os.path.isfile(cache) and os.path.getmtime(cache) > max(os.path.getmtime(path), judge["mtime"]):
-        return torch.load(cache, weights_only=False), stored
+        rows = torch.load(cache, weights_only=False)
+        if all("bands" in m for m, _, _ in rows.values()):        # measured with today's columns
+            return rows, stored
     rows = {}
     for pipeline in ("wave", "spec"):
         keys = [k for k in stored["runs"] if k.startswith(pipeline + "/")]
@@ -307,6 +310,18 @@ def table(rows, scale, judge):
     return head + lines
 
 
+def band_table(rows):
+    """Median over solo clips of each band's floor (dB under the clip's peak bins): where the hiss lies."""
+    edges = audio_measures.FLOOR_BANDS_HZ
+    lines = ["| clips (solo) | " + " | ".join(f"{lo / 1000:g}-{hi / 1000:g} kHz" for lo, hi in zip(edges[:-1], edges[1:]))
+             + " |", "|---" * len(edges) + "|"]
+    for label, (m, attrs, _) in rows.items():
+        solo = np.array([not a["drums"] for a in attrs])
+        cells = np.median(m["bands"][solo], axis=0) if solo.any() else np.full(len(edges) - 1, np.nan)
+        lines.append(f"| {label} | " + " | ".join("-" if np.isnan(c) else f"{c:.1f}" for c in cells) + " |")
+    return lines
+
+
 def floors(values, attrs):
     """'solo / drums': the median noise floor of each group (drum hits are noise-like, so the two groups lie
     ~50 dB apart on real clips and one median over both would jump between them)."""
@@ -332,7 +347,8 @@ def score(args):
     t0 = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
     judge = load_judge(args.judge, args, log)
-    if "real_rows" not in judge:              # measured once, kept with the judge
+    if "real_rows" not in judge or not all("bands" in m for m, _, _ in judge["real_rows"][0].values()):
+        # measured once, kept with the judge
         judge["real_rows"] = real_rows(judge, log)
         torch.save(judge, args.judge)
         judge["mtime"] = os.path.getmtime(args.judge)
@@ -354,6 +370,8 @@ def score(args):
                   + (", ".join(f"{s} {k}" for s, k in knobs.items()) or "the presets'"), ""]
         lines += table({**rows, **r} if path == args.files[0] else r, scale, judge)
         lines += ["", "Prompted instrument heard, per instrument:", ""] + per_instrument(r)
+        lines += ["", "Noise floor band by band (audio_measures.band_floors_db), median over solo clips:", ""]
+        lines += band_table({**rows, **r} if path == args.files[0] else r)
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:

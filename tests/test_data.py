@@ -445,6 +445,22 @@ def test_noise_floor_falls_as_noise_is_added():
     assert abs(audio_measures.noise_floor_db(tone24 + high, 24000) - audio_measures.noise_floor_db(tone24, 24000)) < 3
 
 
+def test_band_floors_find_the_band_with_the_hiss():
+    """Hiss between 2 and 4 kHz only: that band's floor falls to near white noise's, the others stay
+    far under the peaks; bands above the Nyquist rate are NaN."""
+    sr, rng = 16000, np.random.default_rng(0)
+    t = np.arange(2 * sr) / sr
+    tone = 0.1 * np.sin(2 * np.pi * 440 * t) + 1e-6 * rng.standard_normal(len(t))
+    spectrum = np.fft.rfft(0.01 * rng.standard_normal(len(t)))
+    freqs = np.fft.rfftfreq(len(t), 1 / sr)
+    hiss = np.fft.irfft(np.where((freqs > 2000) & (freqs < 4000), spectrum, 0), n=len(t))
+    quiet, hissy = (audio_measures.band_floors_db(x, sr) for x in (tone, tone + hiss))
+    assert len(quiet) == len(audio_measures.FLOOR_BANDS_HZ) - 1 and quiet.min() > 70
+    assert hissy[3] < quiet[3] - 40 and np.allclose(np.delete(hissy, 3), np.delete(quiet, 3), atol=3)
+    low = audio_measures.band_floors_db(tone[::5], sr // 5)
+    assert np.isnan(low[3:]).all() and not np.isnan(low[:3]).any()
+
+
 def test_confident_notes_in_tones_and_real_clips_not_in_noise():
     sr, rng = 16000, np.random.default_rng(1)
     t = np.arange(2 * sr) / sr
@@ -529,6 +545,47 @@ def test_griffin_lim_inverts_log_mel_up_to_phase():
         assert float(back.pow(2).mean().sqrt()) == pytest.approx(float(wave.pow(2).mean().sqrt()), rel=0.1)
     silence = data.griffin_lim(torch.full((2, 80, 10), -1.0))
     assert silence.shape == (2, 1600) and silence.abs().max() < 1e-3
+
+
+def _chord(seconds=1.0, noise=0.0, seed=0):
+    """Two steady partials (330 and 2500 Hz) plus white noise of standard deviation `noise`, at 16 kHz."""
+    t = torch.arange(round(16000 * seconds), dtype=torch.float64) / 16000
+    hiss = torch.randn(t.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return 0.2 * torch.sin(2 * math.pi * 330 * t) + 0.05 * torch.sin(2 * math.pi * 2500 * t + 1.0) + noise * hiss
+
+
+def test_fit_to_mel_restores_a_magnitude_with_the_right_detail_at_the_wrong_level():
+    """Every band off by one factor: one Richardson-Lucy round gives the true magnitude back, bin for
+    bin (the even spread of mel_magnitude does not); a log-mel at its floor gives silence."""
+    wave = _chord(noise=1e-2)
+    spec = data.log_mel(wave)                                             # (80, 100)
+    shifted = torch.nn.functional.pad(wave[None, data.MEL_HOP // 2:], (0, data.MEL_HOP // 2))
+    true = data._stft(shifted).abs()                                      # (1, 513, 101)
+    fitted = data.fit_to_mel(0.3 * true, spec[None], 1)
+    inner = (slice(None), slice(1, 512), slice(5, 95))                    # away from the clip's padded ends
+    assert torch.allclose(fitted[inner], true[inner], rtol=1e-2, atol=1e-9)
+    smooth = data.mel_magnitude(spec)[None]
+    assert not torch.allclose(smooth[inner], true[inner], rtol=0.1)
+    silent = data.fit_to_mel(true, torch.full_like(spec, -1.0)[None], 3)
+    assert float(silent.max()) < 1e-6 * float(true.max())
+
+
+def test_fitted_projection_keeps_the_gaps_between_partials():
+    """A 220 Hz tone with 36 partials (every mel band holds some) projected onto the log-mel of the
+    same tone, louder and swelling: the smooth magnitude fills the gaps between partials with each
+    band's mean power (a floor, audio_measures.noise_floor_db, near 47 dB), the fitted one keeps the
+    estimate's gaps (within 2 dB of the target's 65) and meets the log-mel more closely."""
+    t = torch.arange(16000, dtype=torch.float64) / 16000
+    tone = sum(torch.sin(2 * math.pi * 220 * k * t + k) / k for k in range(1, 37))
+    hiss = torch.randn(t.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    target = 0.1 * tone * (1 + 0.5 * torch.sin(2 * math.pi * 3 * t))
+    spec = data.log_mel(target)
+    assert float(spec.min()) > -0.99                                     # no band at the floor
+    smooth, fitted = (data.project_to_mel(0.05 * tone + 1e-4 * hiss, spec, fit=k) for k in (0, 10))
+    floor = lambda x: audio_measures.noise_floor_db(x.numpy(), 16000)
+    assert floor(fitted) > floor(target) - 2 and floor(fitted) > floor(smooth) + 12
+    error = lambda x: float((data.log_mel(x) - spec)[:, 5:-5].abs().mean())
+    assert error(fitted) < 0.005 < error(smooth)
 
 
 def test_project_to_mel_takes_the_magnitude_and_keeps_the_phase():

@@ -180,11 +180,16 @@ def test_toy_spectrogram_generator_guides_less_than_table3(ckpts, monkeypatch):
 
 
 def test_project_flag(capsys):
-    """--vocoder-project exists for the vocoder only and takes a time in [0, 1]."""
-    args, _ = sample.parse_args(["x", "--vocoder-project", "0.5"])
+    """--vocoder-project exists for the vocoder only and takes a time in [0, 1]; --vocoder-mel-fit a
+    whole number of rounds from 0."""
+    args, _ = sample.parse_args(["x", "--vocoder-project", "0.5", "--vocoder-mel-fit", "0"])
     assert args.knobs["vocoder"].project == 0.5 and args.knobs["super-res"].project is None
+    assert args.knobs["vocoder"].mel_fit == 0 and cascade.stage_spec("vocoder").mel_fit > 0
     for bad, message in ((["--vocoder-project", "1.5"], "--vocoder-project must be in [0, 1]"),
-                         (["--cascader-project", "0.5"], "unrecognized arguments")):
+                         (["--cascader-project", "0.5"], "unrecognized arguments"),
+                         (["--vocoder-mel-fit", "-1"], "--vocoder-mel-fit must be in [0, 1000]"),
+                         (["--vocoder-mel-fit", "2.5"], "invalid int value"),
+                         (["--super-res-mel-fit", "3"], "unrecognized arguments")):
         with pytest.raises(SystemExit) as e:
             sample.parse_args(["x", *bad])
         assert e.value.code == 2 and message in capsys.readouterr().err
