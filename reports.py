@@ -55,6 +55,7 @@ class ResultsConfig:
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     out: str = field(default="results", metadata={"help": "output folder (results.md, results.json)"})
+    pipelines: str = field(default="wave,spec", metadata={"help": "the pipelines to score: wave, spec or wave,spec"})
 
 
 SYSTEMS = (("Noise2Music Waveform", "wave", False), ("Noise2Music Spectrogram", "spec", False),
@@ -67,6 +68,8 @@ def check_config(cfg):
     bad_seconds = cfg.seconds is not None and not 0 < cfg.seconds < float("inf")
     if cfg.n < 2 or cfg.refs < 2 or cfg.batch < 1 or cfg.threads < 1 or bad_steps or bad_seconds:
         raise UsageError("need --n >= 2, --refs >= 2, --batch >= 1, --threads >= 1, --steps >= 1, 0 < --seconds < inf")
+    if not cfg.pipelines or not set(cfg.pipelines.split(",")) <= {"wave", "spec"}:
+        raise UsageError(f"--pipelines {cfg.pipelines}: expected wave, spec or wave,spec")
     cfg.mulan = cfg.mulan or os.path.join(cfg.ckpt_dir, "mulan.pt")
     for path in (os.path.join(cfg.corpus, "manifest.jsonl"), os.path.join(cfg.corpus, HELDOUT_CAPTIONS), cfg.mulan):
         if not os.path.isfile(path):
@@ -106,7 +109,7 @@ def run_results(cfg: ResultsConfig, knobs=None):
     steps = {}
     knobs = {s: k if k.steps is not None else dataclasses.replace(k, steps=cfg.steps)
              for s, k in (knobs or default_knobs()).items()}
-    for name, pipeline, untrained in SYSTEMS:
+    for name, pipeline, untrained in (s for s in SYSTEMS if s[1] in cfg.pipelines.split(",")):
         models, text_encoder = load_pipeline(cfg.ckpt_dir, pipeline, cfg.device, cfg.seed + 1000 if untrained else None)
         first = generate_first(models, text_encoder, es.prompts, pipeline, seconds, knobs, cfg.seed, cfg.batch)
         second = generate_second(models, text_encoder, es.prompts, pipeline, seconds, knobs, first, cfg.batch)

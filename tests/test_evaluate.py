@@ -256,8 +256,10 @@ def test_results_and_ablations_commands_end_to_end(setup, tmp_path, one_thread):
     assert "## Table 5" in report and "## Table 6" in report and "| Untrained Spectrogram |" in report
     meta = json.loads((tmp_path / "r" / "results.json").read_text())["meta"]
     assert meta["n"] == 2 and meta["stages"]["vocoder"]["sampling_steps"] == 2
-    # sample.py's knob flags set the sampling (the other stages keep --steps)
-    ev.main(["results", *common, "--vocoder-sampler", "ancestral", "--vocoder-steps", "3", "--out", str(tmp_path / "k")])
+    # sample.py's knob flags set the sampling (the other stages keep --steps); --pipelines picks the systems
+    rows = ev.main(["results", *common, "--vocoder-sampler", "ancestral", "--vocoder-steps", "3", "--pipelines", "spec",
+                    "--out", str(tmp_path / "k")])
+    assert list(rows) == ["Ground truth audio", "Noise2Music Spectrogram", "Untrained Spectrogram"]
     stages = json.loads((tmp_path / "k" / "results.json").read_text())["meta"]["stages"]
     assert (stages["vocoder"]["sampler"], stages["vocoder"]["sampling_steps"]) == ("ancestral", 3)
     assert stages["spec-generator"]["sampling_steps"] == 2
@@ -307,7 +309,8 @@ def test_fad_command_between_two_folders(tmp_path, capsys):
 @pytest.mark.parametrize("args", [[], ["results", "--n", "1"], ["results", "--ckpt-dir", "/nonexistent"],
                                   ["results", "--corpus", "/nonexistent"], ["ablations", "--stages", "super-res"],
                                   ["fad", "/nonexistent", "."], ["analyze", "/nonexistent.wav"],
-                                  ["results", "--n", "many"], ["fad", ".", ".", "--seconds", "0"]])
+                                  ["results", "--n", "many"], ["fad", ".", ".", "--seconds", "0"],
+                                  ["results", "--pipelines", "wave,mel"]])
 def test_bad_usage_exits_2_with_one_line(args, capsys):
     with pytest.raises(SystemExit) as exit:
         ev.main(args)
