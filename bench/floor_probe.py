@@ -1,6 +1,6 @@
 """Where does the cascader's hiss come from? Its denoising at each noise level, and its sampler, on real input.
 
-    python bench/floor_probe.py [--ckpt-dir checkpoints/toy] [--clips 6] [--steps 8,16,32] [--stage super-res]
+    python bench/floor_probe.py [--ckpt-dir checkpoints/toy] [--clips 6] [--steps 8,16,32] [--stage super-res] [--sampler NAME]
 
 Real solo clips of the toy corpus (no drums: their broadband hits set the floor of drum clips) at
 16 kHz, x, and their 3.2 kHz versions FFT-up-sampled back, the cascader's conditioning as the wave
@@ -71,6 +71,7 @@ def main():
     p.add_argument("--steps", default="8,16,32", help="front-heavy step counts for the sampler rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stage", choices=tuple(INVENTED), default="cascader")
+    p.add_argument("--sampler", default=None, help="the sampler rows' sampler (default: the stage's preset)")
     args = p.parse_args()
     torch.set_num_threads(1)
     stage = cascade.StageModel(os.path.join(args.ckpt_dir, f"{args.stage}.pt"), "cpu")
@@ -98,7 +99,7 @@ def main():
               f"{float(((eps_hat - eps) ** 2).mean()):.2f} |")
     print(f"\n| sampler (w = {spec.w:g}) | last time before 0 | floor of the output (dB) |\n|---|---|---|")
     for n in [int(s) for s in args.steps.split(",")]:      # the pipeline's own stage sampling, at n steps
-        knobs = cascade.Sampling(steps=n)
+        knobs = cascade.Sampling(steps=n, sampler=args.sampler)
         deltas = cascade.resolve_sampling(spec, knobs)[0]
         out = cascade.run_stage(stage, knobs, tuple(x.shape), torch.Generator().manual_seed(args.seed), tokens, mask,
                                 cond=low)
