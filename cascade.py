@@ -138,7 +138,7 @@ class StageSpec:
     clip: float               # dynamic-clipping percentile of |x_0| (0 = none)
     keep_band: bool           # replace the output's band below cond_rate / 2 by the input's (keep_input_band)
     project: float            # vocoder: x_0 estimates take the log-mel's magnitude at t > this; 1 = never
-    mel_fit: int              # vocoder: that magnitude is the estimate's own fitted in N rounds (data.fit_to_mel); 0 = the log-mel's alone
+    mel_fit: int              # vocoder: that magnitude is the estimate's own, fitted in N rounds; 0 = the log-mel's
 
     @property
     def has_text(self):
@@ -548,8 +548,9 @@ def mel_projection(mel, peak=MEL_PROJECTION_PEAK, fit=0):
     clip from clipping. `--vocoder-project 1` samples as the paper's wiring would.
 
     With `fit` rounds (the toy preset's MEL_FIT_ROUNDS) the magnitude is not the log-mel's smooth
-    one, which fills the space between partials with the band's mean power (a hiss 30-50 dB over
-    real clips' floor above 1 kHz), but the estimate's own, fitted to the log-mel (data.fit_to_mel).
+    one, which fills the space between partials with the band's mean power (on generated clips,
+    17-36 dB more hiss than real clips have in each band above 1 kHz), but the estimate's own,
+    fitted to the log-mel (data.fit_to_mel).
     """
     magnitude = None if fit else mel_magnitude(mel)                # the same at every step
 

@@ -187,7 +187,8 @@ def add_knob_flags(p):
     """--STAGE-FIELD for each stage and its `cascade.Sampling` fields (also used by bench/adherence.py)."""
     for stage in cascade.STAGES:
         for f in _knob_fields(stage):
-            kind = str if f.name in ("schedule", "sampler") else (int if f.name in ("steps", "keep_band", "mel_fit") else float)
+            whole = f.name in ("steps", "keep_band", "mel_fit")
+            kind = str if f.name in ("schedule", "sampler") else (int if whole else float)
             default = "Table 3 / the checkpoint's scale"
             if f.name == "sampler":
                 p.add_argument(f"--{stage}-sampler", choices=diffusion.SAMPLERS, default=None, metavar="NAME",

@@ -1,6 +1,7 @@
 """Where does the cascader's hiss come from? Its denoising at each noise level, and its sampler, on real input.
 
-    python bench/floor_probe.py [--ckpt-dir checkpoints/toy] [--clips 6] [--steps 8,16,32] [--stage super-res] [--sampler NAME]
+    python bench/floor_probe.py [--ckpt-dir checkpoints/toy] [--clips 6] [--steps 8,16,32]
+                                [--stage super-res] [--sampler NAME]
 
 Real solo clips of the toy corpus (no drums: their broadband hits set the floor of drum clips) at
 16 kHz, x, and their 3.2 kHz versions FFT-up-sampled back, the cascader's conditioning as the wave

@@ -313,8 +313,8 @@ def table(rows, scale, judge):
 def band_table(rows):
     """Median over solo clips of each band's floor (dB under the clip's peak bins): where the hiss lies."""
     edges = audio_measures.FLOOR_BANDS_HZ
-    lines = ["| clips (solo) | " + " | ".join(f"{lo / 1000:g}-{hi / 1000:g} kHz" for lo, hi in zip(edges[:-1], edges[1:]))
-             + " |", "|---" * len(edges) + "|"]
+    bands = [f"{lo / 1000:g}-{hi / 1000:g} kHz" for lo, hi in zip(edges[:-1], edges[1:])]
+    lines = ["| clips (solo) | " + " | ".join(bands) + " |", "|---" * len(edges) + "|"]
     for label, (m, attrs, _) in rows.items():
         solo = np.array([not a["drums"] for a in attrs])
         cells = np.median(m["bands"][solo], axis=0) if solo.any() else np.full(len(edges) - 1, np.nan)
