@@ -653,7 +653,7 @@ def main(argv=None):
 # wait for it, the vocoder (audio only) starts at once. Every stage trains on real audio (the
 # cascader's input is the real clip taken down to 3.2 kHz), so none waits for another, and the
 # chains are balanced by time: text 6 + wave generator ~85 + super-res 18 minutes against vocoder
-# 40 + spectrogram generator 36 + cascader 25 + stereo super-res (on the stereo corpus; 33 minutes on a
+# 40 + spectrogram generator ~72 + cascader 25 + stereo super-res (on the stereo corpus; 33 minutes on a
 # busy CPU, about 9 on a free core, by super-res's speed at half its steps).
 CHAINS = (("text", "wave-generator", "super-res"), ("vocoder", "spec-generator", "cascader", "stereo"))
 TEXT_STAGES = ("wave-generator", "cascader", "spec-generator")
