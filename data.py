@@ -223,9 +223,10 @@ def mel_magnitude(spec):
     return torch.nn.functional.pad(power.sqrt() * window.sum(), (0, 1))
 
 
-def _with_magnitude(wave, magnitude):
-    """`wave` [N x T] (frames centred on 160 f) with its STFT magnitude replaced, its phase kept."""
-    stft = _stft(wave)
+def _with_magnitude(wave, magnitude, stft=None):
+    """`wave` [N x T] (frames centred on 160 f) with its STFT magnitude replaced, its phase kept
+    (`stft`: the wave's, where the caller has it already)."""
+    stft = _stft(wave) if stft is None else stft
     return _istft(magnitude * stft / stft.abs().clamp(min=1e-8), wave.shape[-1])
 
 
@@ -241,8 +242,7 @@ def project_to_mel(wave, spec, magnitude=None, fit=0):
     shifted = torch.nn.functional.pad(wave.reshape(-1, T)[:, MEL_HOP // 2:], (0, MEL_HOP // 2))
     if fit:
         stft = _stft(shifted)
-        magnitude = fit_to_mel(stft.abs(), spec.reshape(-1, MEL_BINS, spec.shape[-1]), fit)
-        out = _istft(magnitude * stft / stft.abs().clamp(min=1e-8), T)
+        out = _with_magnitude(shifted, fit_to_mel(stft.abs(), spec.reshape(-1, MEL_BINS, spec.shape[-1]), fit), stft)
     else:
         magnitude = mel_magnitude(spec) if magnitude is None else magnitude
         magnitude = magnitude.reshape(-1, MEL_NFFT // 2 + 1, spec.shape[-1] + 1)
@@ -261,7 +261,8 @@ def fit_to_mel(magnitude, spec, rounds):
     a partial stays a line and the bins between partials stay low. A band at the log floor (-100 dB,
     `DB_MIN`) is taken to hold nothing rather than exactly the floor's power: the log-mel cannot tell
     the floor from silence, and spread over a wide band the floor's power is a hiss 85-90 dB under
-    a clip's peaks where real clips have none. Bins outside every band keep `mel_magnitude`'s values.
+    a clip's peaks where real clips have none. A bin outside every band (DC) holds nothing, as in
+    `mel_magnitude`, whose pseudo-inverse row for it is zero.
     """
     window, fbank, _ = _mel_constants(magnitude.dtype, magnitude.device)
     scale = window.sum()
@@ -272,8 +273,7 @@ def fit_to_mel(magnitude, spec, rounds):
     power = (magnitude / scale) ** 2 + tiny
     for _ in range(rounds):
         power = power * (fbank.T @ (target / (fbank @ power + tiny))) / cover.clamp(min=tiny)
-    out = power.sqrt() * scale
-    return torch.where(cover > 0, out, mel_magnitude(spec).to(out.dtype))
+    return power.sqrt() * scale * (cover > 0)
 
 
 def _stft(wave):

@@ -265,6 +265,11 @@ def real_rows(judge, log):
     return rows, scale
 
 
+def has_every_column(rows):
+    """Whether cached rows were measured with every column measure_clips makes today."""
+    return all("bands" in m for m, _, _ in rows.values())
+
+
 def stored_rows(path, judge, log):
     """{row name: (measurements, prompted attributes, seed pairs)} for every run and stage of a stored file;
     kept in PATH.judged beside it (measured again when the file or the judge is newer)."""
@@ -272,7 +277,7 @@ def stored_rows(path, judge, log):
     cache = path + ".judged"
     if os.path.isfile(cache) and os.path.getmtime(cache) > max(os.path.getmtime(path), judge["mtime"]):
         rows = torch.load(cache, weights_only=False)
-        if all("bands" in m for m, _, _ in rows.values()):        # measured with today's columns
+        if has_every_column(rows):
             return rows, stored
     rows = {}
     for pipeline in ("wave", "spec"):
@@ -347,8 +352,8 @@ def score(args):
     t0 = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
     judge = load_judge(args.judge, args, log)
-    if "real_rows" not in judge or not all("bands" in m for m, _, _ in judge["real_rows"][0].values()):
-        # measured once, kept with the judge
+    # the real clips' rows: measured once, kept with the judge
+    if "real_rows" not in judge or not has_every_column(judge["real_rows"][0]):
         judge["real_rows"] = real_rows(judge, log)
         torch.save(judge, args.judge)
         judge["mtime"] = os.path.getmtime(args.judge)
@@ -368,10 +373,11 @@ def score(args):
     for path, (r, name, knobs, seeds, n) in summary.items():
         lines += ["", f"## {os.path.basename(path)}: prompt set `{name}` ({n} prompts), seeds {seeds}, knobs "
                   + (", ".join(f"{s} {k}" for s, k in knobs.items()) or "the presets'"), ""]
-        lines += table({**rows, **r} if path == args.files[0] else r, scale, judge)
+        shown = {**rows, **r} if path == args.files[0] else r          # the real rows above the first file's
+        lines += table(shown, scale, judge)
         lines += ["", "Prompted instrument heard, per instrument:", ""] + per_instrument(r)
         lines += ["", "Noise floor band by band (audio_measures.band_floors_db), median over solo clips:", ""]
-        lines += band_table({**rows, **r} if path == args.files[0] else r)
+        lines += band_table(shown)
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
