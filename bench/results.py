@@ -7,9 +7,11 @@ Runs one part after the other, each on one CPU thread (OMP_NUM_THREADS=1), with 
 checkpoints at their default settings:
   1. prompt adherence, output sanity and speed: `python bench/adherence.py --seed S`, S = 0, 1, 2;
   2. what each audio-to-audio stage does to real clips' onsets: `python bench/stage_tempo.py`;
-  3. Tables 5 and 6: `python evaluate.py results`.
+  3. Tables 5 and 6: `python evaluate.py results`;
+  4. fidelity as classifiers trained on real clips hear it: `python bench/judge.py generate`, then
+     `score` (the judge is trained first, ~10 min, unless --work holds it).
 Each part writes its own Markdown into --work; RESULTS.md is those files, one section each, under
-the command and the wall time of the run that made them. The toy corpus is built first if missing.
+the commands and the wall time of the run that made them. The toy corpus is built first if missing.
 """
 import argparse
 import os
@@ -35,32 +37,41 @@ bass, percussive ratio drums > solo. The measurement itself is checked first on 
 
 
 def parts(args):
-    """[(title, command, output file)]; a command writing to stdout has its output captured there."""
+    """[(title, [commands], output file)]; a command writing to stdout has its output captured there."""
     py, work = sys.executable, args.work
     quick_pairs = ["--pairs", "2"] + [f"--{s}-steps=2" for s in STAGES] if args.quick else []
     quick_eval = ["--n", "2", "--refs", "2", "--steps", "2"] if args.quick else []
+    quick_judge = (["--every", "10", "--seeds", "0"] + [f"--{s}-steps=2" for s in STAGES]) if args.quick else []
+    judged = os.path.join(work, "judge_eval.pt")
     out = [(f"Prompt adherence, seed {s}",
-            [py, "bench/adherence.py", "--seed", str(s), "--corpus", args.corpus, *quick_pairs,
-             "--out", os.path.join(work, f"adherence_{s}.md")], os.path.join(work, f"adherence_{s}.md"))
+            [[py, "bench/adherence.py", "--seed", str(s), "--corpus", args.corpus, *quick_pairs,
+              "--out", os.path.join(work, f"adherence_{s}.md")]], os.path.join(work, f"adherence_{s}.md"))
            for s in (0, 1, 2)]
     out.append(("Each audio-to-audio stage on real clips: fast / slow pairs kept",
-                [py, "bench/stage_tempo.py", "--corpus", args.corpus] + (["--clips", "2"] if args.quick else []),
+                [[py, "bench/stage_tempo.py", "--corpus", args.corpus] + (["--clips", "2"] if args.quick else [])],
                 os.path.join(work, "stage_tempo.md")))
-    out.append(("Tables 5 and 6", [py, "evaluate.py", "results", "--corpus", args.corpus, "--threads", "1",
-                                   *quick_eval, "--out", os.path.join(work, "tables56")],
+    out.append(("Tables 5 and 6", [[py, "evaluate.py", "results", "--corpus", args.corpus, "--threads", "1",
+                                    *quick_eval, "--out", os.path.join(work, "tables56")]],
                 os.path.join(work, "tables56", "results.md")))
+    out.append(("Fidelity judged by classifiers trained on real clips",
+                [[py, "bench/judge.py", "generate", "--set", "eval", *quick_judge, "--out", judged],
+                 [py, "bench/judge.py", "score", judged, "--judge", os.path.join(work, "judge.pt"),
+                  *(["--train-clips", "60", "--heldout-clips", "20", "--copies", "1"] if args.quick else []),
+                  "--out", os.path.join(work, "judge.md")]],
+                os.path.join(work, "judge.md")))
     return out
 
 
-def run_part(command, output):
-    """Run one command (stdout to `output` unless the command writes it itself); its wall minutes."""
+def run_part(commands, output):
+    """Run the commands in turn (stdout to `output` unless a command writes it itself); their wall minutes."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     start = time.time()
-    writes_itself = "--out" in command
-    with open(os.devnull if writes_itself else output, "w") as sink:
-        done = subprocess.run(command, cwd=ROOT, env=env, stdout=sink)
-    if done.returncode != 0:
-        raise SystemExit(f"bench/results.py: `{' '.join(command)}` failed (exit {done.returncode})")
+    for command in commands:
+        writes_itself = "--out" in command
+        with open(os.devnull if writes_itself else output, "w") as sink:
+            done = subprocess.run(command, cwd=ROOT, env=env, stdout=sink)
+        if done.returncode != 0:
+            raise SystemExit(f"bench/results.py: `{' '.join(command)}` failed (exit {done.returncode})")
     return (time.time() - start) / 60
 
 
@@ -85,15 +96,16 @@ def main(argv=None):
     args.work = os.path.abspath(args.work)
     os.makedirs(args.work, exist_ok=True)
     if not os.path.isfile(os.path.join(ROOT, args.corpus, "manifest.jsonl")):
-        run_part([sys.executable, "data.py", "toy", "--out", args.corpus], os.devnull)
+        run_part([[sys.executable, "data.py", "toy", "--out", args.corpus]], os.devnull)
     sections, total = [], 0.0
-    for title, command, output in parts(args):
-        minutes = run_part(command, output)
+    for title, commands, output in parts(args):
+        minutes = run_part(commands, output)
         total += minutes
         print(f"{title}: {minutes:.1f} min", file=sys.stderr, flush=True)
         with open(output) as f:
             body = demote(f.read())
-        sections.append(f"## {title}\n\n`{shown(command)}` ({minutes:.1f} min, one thread)\n\n{body}\n")
+        typed = " then ".join(f"`{shown(c)}`" for c in commands)
+        sections.append(f"## {title}\n\n{typed} ({minutes:.1f} min, one thread)\n\n{body}\n")
     timing = f" (this run: {total:.0f} minutes of wall time, one thread)"
     with open(args.out, "w") as f:
         f.write(INTRO.format(timing=timing) + "\n" + "\n".join(sections))
