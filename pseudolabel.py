@@ -390,6 +390,50 @@ def similarity(a, b):
 
 
 # ----------------------------------------------------------------------------------------------
+# Describing a user's clip: the pseudo-labels of one piece of audio, added to a prompt
+
+# One label per set, the one MuLan hears best (step 3 with K = 1). The toy's sets: what its MuLan
+# hears (zero-shot on 100 real held-out clips: tempo 98%, instrument 99%, drums 100%); not the mode,
+# which it hears at chance (the note above). Other scales: a JSON file {set: [labels]} (read_label_sets).
+TOY_LABEL_SETS = {"tempo": ["slow", "fast"], "instrument": ["piano", "guitar", "organ", "flute", "bass"],
+                  "drums": ["drums", "solo"]}
+
+
+def read_label_sets(path):
+    """{set name: [labels]} from a JSON file; UsageError (one line) when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            sets = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: not a readable JSON file ({type(e).__name__})") from None
+    if not (isinstance(sets, dict) and sets and all(
+            isinstance(v, list) and len(v) >= 2 and all(isinstance(s, str) and s.strip() for s in v)
+            for v in sets.values())):
+        raise UsageError(f"{path}: expected {{\"set name\": [two or more labels], ...}}")
+    return sets
+
+
+def hear_labels(model, waves, sample_rate, label_sets=TOY_LABEL_SETS):
+    """Per clip, {set: the label whose MuLan text embedding is nearest the clip's audio embedding}."""
+    audio = embed_audio(model, waves, sample_rate)
+    heard = {name: similarity(audio, embed_text(model, labels)).argmax(dim=1).tolist()
+             for name, labels in label_sets.items()}
+    return [{name: label_sets[name][k[i]] for name, k in heard.items()} for i in range(len(audio))]
+
+
+def add_labels(prompt, heard, label_sets=TOY_LABEL_SETS):
+    """`prompt` with the heard labels appended ("a tune for a rainy day, slow, organ, solo"), skipping
+    each set of which the prompt already holds a label as a word: the user's words win.
+
+    What `sample.py --describe` gives the generator, so that a continuation or an inpainted region
+    keeps what the given clip sounds like without the prompt having to say it.
+    """
+    said = lambda label: re.search(rf"\b{re.escape(label.lower())}\b", prompt.lower()) is not None
+    labels = [label for name, label in heard.items() if not any(said(x) for x in label_sets[name])]
+    return ", ".join(([prompt.strip().rstrip(" .,;")] if prompt.strip() else []) + labels)
+
+
+# ----------------------------------------------------------------------------------------------
 # Training data: log-mels of the captioned clips and their tokenized text batches
 
 def is_heldout(relpath, fraction):

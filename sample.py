@@ -38,6 +38,7 @@ import checks
 import data
 import diffusion
 import plots
+import pseudolabel
 import text
 
 MIN_SECONDS = 0.01      # one log-mel frame
@@ -91,6 +92,11 @@ def add_audio_flags(p):
                    help="generator's known-region sampler: the weight of reconstruction guidance, which steers the "
                    "new part by the gradient of its fit to the known part, at about twice the generator's time "
                    f"(0: none; default {DEFAULT_GUIDANCE:g} for --continue and --inpaint, 0 for long-form)")
+    g.add_argument("--describe", action="store_true", help="add the given audio's pseudo-labels to each prompt: "
+                   "for each label set, the label the MuLan model (CKPT_DIR/mulan.pt) hears best in it, unless the "
+                   "prompt already names one of that set (toy sets: tempo, instrument, drums)")
+    g.add_argument("--labels", metavar="FILE", help="with --describe: the label sets, a JSON file "
+                   "{\"set\": [\"label\", ...], ...} (default: the toy's)")
 
 
 DEFAULT_STRENGTH = 0.6
@@ -152,6 +158,10 @@ def check_audio_args(args, p, argv=None):
         p.error("--reconstruction-guidance must be a number >= 0")
     args.fit = cascade.KnownFit(args.repaint_jump, args.repaint_resample, args.reconstruction_guidance or 0.0)
     args.task = None
+    if (args.describe or args.labels) and not given:
+        p.error(f"--describe and --labels go with one of {', '.join(AUDIO_FLAGS.values())}")
+    if args.labels and not args.describe:
+        p.error("--labels goes with --describe")
     if not given:
         return
     if args.seconds and not args.continue_:
@@ -172,6 +182,21 @@ def check_audio_args(args, p, argv=None):
     if args.stereo and mode in ("continue", "inpaint"):
         p.error(f"--stereo does not go with {given[0]} (the given clip, kept exactly, is read as mono)")
     args.task = task
+    if args.describe:
+        args.prompt_list = describe_prompts(args, wave, p)
+        print("prompts with the given audio's labels:\n" + "\n".join(args.prompt_list), file=sys.stderr)
+
+
+def describe_prompts(args, wave, p):
+    """The prompts with the given clip's pseudo-labels added (pseudolabel.describe); p.error when the
+    MuLan model or the label file cannot be read."""
+    try:
+        sets = pseudolabel.read_label_sets(args.labels) if args.labels else pseudolabel.TOY_LABEL_SETS
+        model = pseudolabel.load_mulan(os.path.join(args.ckpt_dir, "mulan.pt"))
+    except (pseudolabel.UsageError, pseudolabel.MulanLoadError) as e:
+        p.error(f"--describe: {e}")
+    heard = pseudolabel.hear_labels(model, wave[None], cascade.GIVEN_RATE, sets)[0]
+    return [pseudolabel.add_labels(prompt, heard, sets) for prompt in args.prompt_list]
 
 
 def check_against_models(task, first, p):

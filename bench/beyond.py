@@ -44,6 +44,7 @@ import audio_measures  # noqa: E402
 import cascade  # noqa: E402
 import data  # noqa: E402
 import judge as judge_bench  # noqa: E402
+import pseudolabel  # noqa: E402
 import sample  # noqa: E402
 import toy_corpus  # noqa: E402
 
@@ -302,6 +303,8 @@ def part_known(args, models, lines, mode):
     pairs = {k: [tuple((c[:int(WINDOW * RATE)], a) for c, a in pair) for pair in v]
              for k, v in real_pairs(corpus, args.pairs, WINDOW + 0.5).items()}
     judge = load_judge(args)
+    mulan = pseudolabel.load_mulan(os.path.join(args.ckpt_dir, "mulan.pt")) if args.describe else None
+    described = " + the given clip's labels (`--describe`)" if args.describe else ""
     lines += [f"## {'Continuation' if mode == 'continue' else 'Inpainting'} of real toy-corpus clips ({args.pipeline} pipeline, "
               f"{args.pairs} pairs per kind, seeds from {args.seed})", ""]
     if mode == "continue":
@@ -324,7 +327,7 @@ def part_known(args, models, lines, mode):
                  + " | ".join(f"{own[k]:.0%}" for k in KIND_ATTR) + " | - | - | - |")
     seams = []
     for fit in args.methods:
-        name = fit_name(fit)
+        name = fit_name(fit) + described
         scores, agree, given_scores, worst, at, inside, t0, secs = {}, {}, {}, 0.0, [], [], time.perf_counter(), 0.0
         KNOWN_ERR[0] = 0.0
         for kind, (key, _, _) in KIND_ATTR.items():
@@ -336,8 +339,10 @@ def part_known(args, models, lines, mode):
                     task = cascade.AudioTask(mode, wave, RATE, region=tuple(args.region), fit=fit,
                                              overlap=args.overlap, edge=args.edge)
                     total = WINDOW + args.continue_seconds if mode == "continue" else 0.0
-                    out = run(models, args.pipeline, [prompt_for(attrs, leave_out=kind)], task, total,
-                              args.seed + 100 + j, args.knobs)[0]
+                    prompt = prompt_for(attrs, leave_out=kind)
+                    if mulan is not None:           # what sample.py --describe does with the given file
+                        prompt = pseudolabel.add_labels(prompt, pseudolabel.hear_labels(mulan, [clip], RATE)[0])
+                    out = run(models, args.pipeline, [prompt], task, total, args.seed + 100 + j, args.knobs)[0]
                     secs += len(out) / RATE
                     if mode == "continue":
                         known, new = slice(0, len(clip)), slice(len(clip), len(out))
@@ -579,6 +584,8 @@ def parse(argv=None):
     p.add_argument("--guidance", type=float, default=0.0, help="long-form: reconstruction guidance")
     p.add_argument("--known-methods", default=f"replace,repaint:{REPAINT[0]}:{REPAINT[1]},guided:{sample.DEFAULT_GUIDANCE:g}",
                    help="continue / inpaint: the known-region samplers compared (replace, repaint:J:R, guided:W)")
+    p.add_argument("--describe", action="store_true", help="continue / inpaint: each prompt gets the given clip's "
+                   "pseudo-labels, as sample.py --describe adds them")
     p.add_argument("--first-stage", action="store_true", help="tune, long, continue, inpaint, init: score the generator's "
                    "own output (a log-mel heard through Griffin-Lim), not the whole cascade's; about 5x cheaper on the "
                    "spectrogram path. The later stages run over the whole length at once, so the seams are the generator's")

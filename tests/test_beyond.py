@@ -14,6 +14,7 @@ import data
 import diffusion
 import sample
 import text
+import toy_corpus
 from tests.helpers import train_tiny_cascade
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -282,6 +283,10 @@ def files(tmp_path_factory):
     (["--init", "{d}/ok.flac", "--continue", "{d}/ok.flac"], "at most one"),
     (["--continue", "{d}/ok.flac", "--seconds", "1"], "longer than"),
     (["--continue", "{d}/ok.flac", "--reconstruction-guidance", "nan"], ">= 0"),
+    (["--describe"], "go with one of"),
+    (["--continue", "{d}/ok.flac", "--labels", "{d}/ok.flac"], "goes with --describe"),
+    (["--continue", "{d}/ok.flac", "--describe", "--labels", "{d}/junk.wav"], "not a readable JSON"),
+    (["--continue", "{d}/ok.flac", "--describe", "--ckpt-dir", "{d}"], "mulan.pt: not found"),
 ])
 def test_bad_audio_input_is_one_line_and_exit_2(files, capsys, args, words):
     with pytest.raises(SystemExit) as e:
@@ -320,6 +325,18 @@ def test_continuation_with_reconstruction_guidance_from_the_command_line(files, 
     assert rate == 24000 and len(wave) == 60000 and np.isfinite(wave).all()
     assert np.abs(wave[:len(given)] - given.numpy()).max() < 1 / 32768
     assert np.abs(wave[len(given):]).max() > 0.99         # the new part reached full scale
+
+
+def test_describe_adds_what_the_shipped_mulan_hears_in_the_given_clip(tmp_path):
+    """--describe: a real flute clip with drums gets "flute" and "drums" added to a prompt that names neither,
+    and the prompt's own tempo word stands (no second tempo label)."""
+    tune = toy_corpus.load_tunes()[3]
+    rng = np.random.default_rng(4)
+    attrs = toy_corpus.draw_attributes(rng, tune, 4.0, tempo="fast", instrument="flute", drums=True)
+    audio, _ = toy_corpus.render_clip(tune, attrs, rng)
+    sf.write(tmp_path / "flute.wav", audio, toy_corpus.SAMPLE_RATE)
+    args, _ = sample.parse_args(["a slow tune", "--continue", str(tmp_path / "flute.wav"), "--describe"])
+    assert args.prompt_list == ["a slow tune, flute, drums"]
 
 
 def test_missing_file_from_the_command_line(files):

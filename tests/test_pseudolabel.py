@@ -260,3 +260,47 @@ def test_cli_errors_exit_2_with_one_line(tones, tmp_path, capsys):
     run = subprocess.run([sys.executable, "pseudolabel.py", "label", "--manifest", tones, "--out", out,
                           "--model", str(bad_model), "--vocab", tones], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "bad.pt" in run.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Describing a clip (sample.py --describe)
+
+def test_add_labels_appends_what_the_prompt_does_not_say():
+    heard = {"tempo": "slow", "instrument": "organ", "drums": "solo"}
+    assert pl.add_labels("a tune for a rainy day.", heard) == "a tune for a rainy day, slow, organ, solo"
+    assert pl.add_labels("A FAST piano piece with Drums", heard) == "A FAST piano piece with Drums"
+    assert pl.add_labels("", heard) == "slow, organ, solo"
+    assert pl.add_labels("bassoon solo", heard) == "bassoon solo, slow, organ"      # words, not substrings
+    assert pl.add_labels("a slowly built tune", heard) == "a slowly built tune, slow, organ, solo"
+
+
+def test_the_shipped_mulan_hears_the_toy_label_sets_in_real_clips():
+    """hear_labels on real toy-corpus clips: each of the toy sets' labels right for at least 11 of 12
+    (the model's zero-shot accuracy on 100 held-out clips is 98-100%; mode, at chance, is not a set)."""
+    import toy_corpus
+    model = pl.load_mulan()
+    tunes = toy_corpus.load_tunes()
+    rng = np.random.default_rng(7)
+    clips, truth = [], []
+    for k in range(12):
+        tune = tunes[int(rng.integers(len(tunes)))]
+        attrs = toy_corpus.draw_attributes(rng, tune, 4.0, tempo=("slow", "fast")[k % 2],
+                                           instrument=toy_corpus.INSTRUMENTS[k % 5], drums=k % 3 == 0)
+        clips.append(toy_corpus.render_clip(tune, attrs, rng)[0])
+        truth.append({"tempo": attrs["tempo"], "instrument": attrs["instrument"],
+                      "drums": "drums" if attrs["drums"] else "solo"})
+    heard = pl.hear_labels(model, clips, toy_corpus.SAMPLE_RATE)
+    for name in pl.TOY_LABEL_SETS:
+        assert sum(h[name] == t[name] for h, t in zip(heard, truth)) >= 11, name
+
+
+@pytest.mark.parametrize("content", ['{"tempo": ["slow"]}', '["slow", "fast"]', "{}", "not json",
+                                     '{"tempo": ["slow", ""]}'])
+def test_bad_label_files_are_refused_in_one_line(tmp_path, content):
+    path = tmp_path / "labels.json"
+    path.write_text(content)
+    with pytest.raises(pl.UsageError) as e:
+        pl.read_label_sets(str(path))
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "ok.json").write_text('{"mood": ["calm", "tense"]}')
+    assert pl.read_label_sets(str(tmp_path / "ok.json")) == {"mood": ["calm", "tense"]}
