@@ -92,9 +92,10 @@ def add_audio_flags(p):
                    help="generator's known-region sampler: the weight of reconstruction guidance, which steers the "
                    "new part by the gradient of its fit to the known part, at about twice the generator's time "
                    f"(0: none; default {DEFAULT_GUIDANCE:g} for --continue and --inpaint, 0 for long-form)")
-    g.add_argument("--describe", action="store_true", help="add the given audio's pseudo-labels to each prompt: "
-                   "for each label set, the label the MuLan model (CKPT_DIR/mulan.pt) hears best in it, unless the "
-                   "prompt already names one of that set (toy sets: tempo, instrument, drums)")
+    g.add_argument("--describe", action=argparse.BooleanOptionalAction, default=None,
+                   help="add the given audio's pseudo-labels to each prompt: for each label set, the label the MuLan "
+                   "model (CKPT_DIR/mulan.pt) hears best in it, unless the prompt names one of that set (toy sets: "
+                   "tempo, instrument, drums); default: on for --continue and --inpaint where CKPT_DIR has mulan.pt")
     g.add_argument("--labels", metavar="FILE", help="with --describe: the label sets, a JSON file "
                    "{\"set\": [\"label\", ...], ...} (default: the toy's)")
 
@@ -158,9 +159,9 @@ def check_audio_args(args, p, argv=None):
         p.error("--reconstruction-guidance must be a number >= 0")
     args.fit = cascade.KnownFit(args.repaint_jump, args.repaint_resample, args.reconstruction_guidance or 0.0)
     args.task = None
-    if (args.describe or args.labels) and not given:
+    if (args.describe is not None or args.labels) and not given:
         p.error(f"--describe and --labels go with one of {', '.join(AUDIO_FLAGS.values())}")
-    if args.labels and not args.describe:
+    if args.labels and args.describe is False:
         p.error("--labels goes with --describe")
     if not given:
         return
@@ -182,14 +183,17 @@ def check_audio_args(args, p, argv=None):
     if args.stereo and mode in ("continue", "inpaint"):
         p.error(f"--stereo does not go with {given[0]} (the given clip, kept exactly, is read as mono)")
     args.task = task
+    if args.describe is None:           # the default: keep what the given clip sounds like, where a MuLan is at hand
+        args.describe = bool(args.labels) or (mode in ("continue", "inpaint")
+                                              and os.path.isfile(os.path.join(args.ckpt_dir, "mulan.pt")))
     if args.describe:
         args.prompt_list = describe_prompts(args, wave, p)
         print("prompts with the given audio's labels:\n" + "\n".join(args.prompt_list), file=sys.stderr)
 
 
 def describe_prompts(args, wave, p):
-    """The prompts with the given clip's pseudo-labels added (pseudolabel.describe); p.error when the
-    MuLan model or the label file cannot be read."""
+    """The prompts with the given clip's pseudo-labels added (pseudolabel.hear_labels, add_labels);
+    p.error when the MuLan model or the label file cannot be read."""
     try:
         sets = pseudolabel.read_label_sets(args.labels) if args.labels else pseudolabel.TOY_LABEL_SETS
         model = pseudolabel.load_mulan(os.path.join(args.ckpt_dir, "mulan.pt"))

@@ -284,7 +284,8 @@ def files(tmp_path_factory):
     (["--continue", "{d}/ok.flac", "--seconds", "1"], "longer than"),
     (["--continue", "{d}/ok.flac", "--reconstruction-guidance", "nan"], ">= 0"),
     (["--describe"], "go with one of"),
-    (["--continue", "{d}/ok.flac", "--labels", "{d}/ok.flac"], "goes with --describe"),
+    (["--continue", "{d}/ok.flac", "--no-describe", "--labels", "{d}/ok.flac"], "goes with --describe"),
+    (["--continue", "{d}/ok.flac", "--labels", "{d}/junk.wav"], "not a readable JSON"),
     (["--continue", "{d}/ok.flac", "--describe", "--labels", "{d}/junk.wav"], "not a readable JSON"),
     (["--continue", "{d}/ok.flac", "--describe", "--ckpt-dir", "{d}"], "mulan.pt: not found"),
 ])
@@ -335,8 +336,13 @@ def test_describe_adds_what_the_shipped_mulan_hears_in_the_given_clip(tmp_path):
     attrs = toy_corpus.draw_attributes(rng, tune, 4.0, tempo="fast", instrument="flute", drums=True)
     audio, _ = toy_corpus.render_clip(tune, attrs, rng)
     sf.write(tmp_path / "flute.wav", audio, toy_corpus.SAMPLE_RATE)
-    args, _ = sample.parse_args(["a slow tune", "--continue", str(tmp_path / "flute.wav"), "--describe"])
+    clip = str(tmp_path / "flute.wav")
+    args, _ = sample.parse_args(["a slow tune", "--continue", clip, "--describe"])
     assert args.prompt_list == ["a slow tune, flute, drums"]
+    assert sample.parse_args(["a slow tune", "--inpaint", clip, "--region", "1:2"])[0].prompt_list == \
+        ["a slow tune, flute, drums"]                                  # the default for continuation and inpainting
+    assert sample.parse_args(["a slow tune", "--continue", clip, "--no-describe"])[0].prompt_list == ["a slow tune"]
+    assert sample.parse_args(["a slow tune", "--init", clip])[0].prompt_list == ["a slow tune"]    # it would undo the prompt
 
 
 def test_missing_file_from_the_command_line(files):
