@@ -52,7 +52,7 @@ import torch
 
 import diffusion
 from checks import InputError, check_finite_state, check_identity
-from data import (MEL_FPS, Augmentation, draw_crop_length, fft_resample, log_mel, mel_magnitude,
+from data import (MEL_FPS, MEL_SAMPLE_RATE, Augmentation, draw_crop_length, fft_resample, log_mel, mel_magnitude,
                   project_to_mel, random_crop)
 from unet1d import UNet1D, UNetConfig, count_parameters
 
@@ -537,9 +537,30 @@ class StageModel:
         return pair
 
 
+def limit_peaks(y, peak, width):
+    """y (B, C, T) with a gain <= 1 that keeps every |sample| <= peak, lowered only within `width`
+    samples of where a sample would exceed it (1 elsewhere), and changing over `width` samples.
+
+    The gain g0 = peak / max(|y|, peak) is replaced by the mean, over `width` + 1 samples, of its
+    minimum over 2 `width` + 1: at every t that mean is <= g0(t), so the peak holds exactly. One
+    loud moment then quiets its neighbourhood, not the whole clip (a long-form clip is one clip
+    of many windows, and a whole-clip gain let a single loud frame push 30 s down by 60 dB).
+    """
+    gain = peak / y.abs().amax(dim=1, keepdim=True).clamp(min=peak)           # (B, 1, T)
+    if bool((gain == 1).all()):
+        return y
+    low = -torch.nn.functional.max_pool1d(-gain, 2 * width + 1, stride=1, padding=width)
+    edges = (width // 2, width - width // 2)             # the end values repeated: still <= g0 there
+    smooth = torch.nn.functional.avg_pool1d(torch.nn.functional.pad(low, edges, mode="replicate"), width + 1, stride=1)
+    return (y * smooth).clamp(-peak, peak)          # the mean's float rounding: a few parts in 1e6
+
+
+MEL_PROJECTION_LIMITER = 0.05    # seconds over which mel_projection's peak limit acts
+
+
 def mel_projection(mel, peak=MEL_PROJECTION_PEAK, fit=0):
-    """x_0 -> x_0 with the STFT magnitude of the log-mel `mel` (B, 80, F) and its own phase, scaled
-    down per clip where its peak would exceed `peak` (GLA-Grad, Liu et al. 2024; not in Noise2Music).
+    """x_0 -> x_0 with the STFT magnitude of the log-mel `mel` (B, 80, F) and its own phase, kept
+    under `peak` by `limit_peaks` (GLA-Grad, Liu et al. 2024; not in Noise2Music).
 
     One Griffin-Lim round per sampling step (data.project_to_mel). The toy vocoder alone renders a
     log-mel too quietly and loses a flute's partials: a sustained partial's phase is not in the
@@ -556,8 +577,7 @@ def mel_projection(mel, peak=MEL_PROJECTION_PEAK, fit=0):
 
     def project(x0):
         y = project_to_mel(x0, mel, None if fit else magnitude.to(x0.dtype), fit)
-        top = y.abs().amax(dim=(-2, -1), keepdim=True)
-        return y * (peak / top.clamp(min=peak))
+        return limit_peaks(y, peak, round(MEL_PROJECTION_LIMITER * MEL_SAMPLE_RATE))
     return project
 
 

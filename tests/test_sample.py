@@ -225,6 +225,21 @@ def test_mel_projection_limits_the_peak():
     assert float(plain[0].abs().max()) > 2 and torch.allclose(out[1], plain[1])
 
 
+def test_the_peak_limit_acts_only_near_the_loud_moment():
+    """One loud spike in 2 s of a quiet tone: the output stays under the peak, the tone further than
+    twice the limiter's width from the spike is untouched, and a clip under the peak is left alone."""
+    t = torch.arange(32000) / 16000
+    y = (0.3 * torch.sin(2 * math.pi * 440 * t))[None, None].repeat(2, 1, 1)
+    y[0, 0, 16000] = 50.0
+    width = 800
+    out = cascade.limit_peaks(y, 0.9, width)
+    assert float(out.abs().max()) <= 0.9
+    far = torch.ones(32000, dtype=torch.bool)
+    far[16000 - 2 * width:16000 + 2 * width + 1] = False
+    assert torch.equal(out[0, 0, far], y[0, 0, far]) and torch.equal(out[1], y[1])
+    assert float(out[0, 0, 16000]) == pytest.approx(0.9, rel=1e-4)
+
+
 def test_the_sampler_knob_picks_the_sampler_and_its_steps(ckpts, monkeypatch):
     """--STAGE-sampler reaches run_stage with the step count of that sampler (ode_steps for the ODE
     samplers where the preset sets it); audio in (a Given) samples with eq. 4 whatever the knob."""
