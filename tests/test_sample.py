@@ -225,6 +225,16 @@ def test_mel_projection_limits_the_peak():
     assert float(plain[0].abs().max()) > 2 and torch.allclose(out[1], plain[1])
 
 
+def test_a_log_mel_past_its_range_is_held_at_the_top(ckpts, monkeypatch):
+    """The spectrogram generator's output is a log-mel: values above 1 (DB_MAX) are clamped to it, the
+    rest (silence below -1 included) left as sampled."""
+    stage = cascade.StageModel(os.path.join(ckpts, "spec-generator.pt"))
+    monkeypatch.setattr(diffusion, "run_sampler", lambda sampler, eps, x_T, *a, **k: 3 * x_T)
+    x = cascade.run_stage(stage, cascade.Sampling(steps=2), (1, 80, 20), torch.Generator().manual_seed(0))
+    x_T = 3 * torch.randn((1, 80, 20), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, x_T.clamp(max=1.0)) and float(x_T.max()) > 1 and float(x.min()) < -1
+
+
 def test_the_peak_limit_acts_only_near_the_loud_moment():
     """One loud spike in 2 s of a quiet tone: the output stays under the peak, the tone further than
     twice the limiter's width from the spike is untouched, and a clip under the peak is left alone."""
