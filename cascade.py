@@ -549,10 +549,23 @@ def limit_peaks(y, peak, width):
     gain = peak / y.abs().amax(dim=1, keepdim=True).clamp(min=peak)           # (B, 1, T)
     if bool((gain == 1).all()):
         return y
-    low = -torch.nn.functional.max_pool1d(-gain, 2 * width + 1, stride=1, padding=width)
+    low = _running_min(gain, width)
     edges = (width // 2, width - width // 2)             # the end values repeated: still <= g0 there
-    smooth = torch.nn.functional.avg_pool1d(torch.nn.functional.pad(low, edges, mode="replicate"), width + 1, stride=1)
+    total = torch.nn.functional.pad(low.double(), edges, mode="replicate").cumsum(-1)
+    total = torch.nn.functional.pad(total, (1, 0))
+    smooth = ((total[..., width + 1:] - total[..., :-width - 1]) / (width + 1)).to(y.dtype)
     return (y * smooth).clamp(-peak, peak)          # the mean's float rounding: a few parts in 1e6
+
+
+def _running_min(x, width):
+    """min of x (B, 1, T) over [t - width, t + width] (values past the ends count as 1), in O(T):
+    van Herk / Gil-Werman, running minima within blocks of the window's length, forward and back."""
+    k, T = 2 * width + 1, x.shape[-1]
+    n = -(-(T + 2 * width) // k) * k
+    padded = torch.nn.functional.pad(x, (width, n - T - width), value=1.0).reshape(*x.shape[:-1], n // k, k)
+    ahead = padded.cummin(-1).values.reshape(*x.shape[:-1], n)                   # block start .. i
+    behind = padded.flip(-1).cummin(-1).values.flip(-1).reshape(*x.shape[:-1], n)  # i .. block end
+    return torch.minimum(behind[..., :T], ahead[..., k - 1:k - 1 + T])
 
 
 MEL_PROJECTION_LIMITER = 0.05    # seconds over which mel_projection's peak limit acts

@@ -225,6 +225,17 @@ def test_mel_projection_limits_the_peak():
     assert float(plain[0].abs().max()) > 2 and torch.allclose(out[1], plain[1])
 
 
+@pytest.mark.parametrize("T,width", [(1000, 30), (97, 40), (5, 2), (64000, 800)])
+def test_running_min_is_the_pooled_minimum(T, width):
+    """limit_peaks' O(T) running minimum equals torch's min-pool over the same window, ends padded."""
+    x = torch.rand((3, 1, T), generator=torch.Generator().manual_seed(T))
+    pooled = -torch.nn.functional.max_pool1d(-x, 2 * width + 1, stride=1, padding=min(width, (2 * width + 1) // 2))
+    if pooled.shape[-1] == T:
+        assert torch.equal(cascade._running_min(x, width), pooled)
+    brute = torch.stack([x[..., max(t - width, 0):t + width + 1].amin(-1) for t in range(min(T, 200))], -1)
+    assert torch.equal(cascade._running_min(x, width)[..., :brute.shape[-1]], brute)
+
+
 def test_a_log_mel_past_its_range_is_held_at_the_top(ckpts, monkeypatch):
     """The spectrogram generator's output is a log-mel: values above 1 (DB_MAX) are clamped to it, the
     rest (silence below -1 included) left as sampled."""
