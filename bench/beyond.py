@@ -303,8 +303,13 @@ def part_known(args, models, lines, mode):
     pairs = {k: [tuple((c[:int(WINDOW * RATE)], a) for c, a in pair) for pair in v]
              for k, v in real_pairs(corpus, args.pairs, WINDOW + 0.5).items()}
     judge = load_judge(args)
-    mulan = pseudolabel.load_mulan(os.path.join(args.ckpt_dir, "mulan.pt")) if args.describe else None
     described = " + the given clip's labels (`--describe`)" if args.describe else ""
+    prompts = {kind: [[prompt_for(attrs, leave_out=kind) for _, attrs in pair] for pair in pairs[kind]] for kind in pairs}
+    if args.describe:                   # what sample.py --describe does with the given file, once per clip
+        mulan = pseudolabel.load_mulan(os.path.join(args.ckpt_dir, "mulan.pt"))
+        prompts = {kind: [[pseudolabel.add_labels(text, pseudolabel.hear_labels(mulan, [clip], RATE)[0])
+                           for text, (clip, _) in zip(texts, pair)] for texts, pair in zip(prompts[kind], pairs[kind])]
+                   for kind in pairs}
     lines += [f"## {'Continuation' if mode == 'continue' else 'Inpainting'} of real toy-corpus clips ({args.pipeline} pipeline, "
               f"{args.pairs} pairs per kind, seeds from {args.seed})", ""]
     if mode == "continue":
@@ -334,14 +339,11 @@ def part_known(args, models, lines, mode):
             ok, ok_given, hits = [], [], []
             for j, pair in enumerate(pairs[kind]):
                 parts, given_parts = [], []
-                for clip, attrs in pair:
+                for (clip, attrs), prompt in zip(pair, prompts[kind][j]):
                     wave = torch.from_numpy(clip)
                     task = cascade.AudioTask(mode, wave, RATE, region=tuple(args.region), fit=fit,
                                              overlap=args.overlap, edge=args.edge)
                     total = WINDOW + args.continue_seconds if mode == "continue" else 0.0
-                    prompt = prompt_for(attrs, leave_out=kind)
-                    if mulan is not None:           # what sample.py --describe does with the given file
-                        prompt = pseudolabel.add_labels(prompt, pseudolabel.hear_labels(mulan, [clip], RATE)[0])
                     out = run(models, args.pipeline, [prompt], task, total, args.seed + 100 + j, args.knobs)[0]
                     secs += len(out) / RATE
                     if mode == "continue":
