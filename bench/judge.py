@@ -389,7 +389,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="run the cascade on a prompt set and store every stage's output")
-    g.add_argument("--set", choices=("eval", "tune"), default="eval")
+    g.add_argument("--set", choices=("eval", "tune", "check"), default="eval")
     g.add_argument("--out", required=True)
     g.add_argument("--ckpt-dir", default="checkpoints/toy")
     g.add_argument("--pipelines", default="wave,spec")

@@ -1,8 +1,9 @@
 """Prompt sets for bench/judge.py: every combination of tempo x instrument x drums x mode, phrased
 with words and templates that neither the training captions nor toy_corpus's held-out captions use.
 
-Two sets with disjoint templates and synonyms: `tune` (to choose sampler settings on) and `eval`
-(to report on). Each vocabulary word of the combination is named once (toy_corpus.py's table); the
+Three sets with disjoint templates and synonyms: `tune` (to choose settings on), `eval` (to report
+on) and `check` (written after `eval` had been seen under many settings, to report a choice made on
+`tune` on prompts that no earlier run has looked at). Each vocabulary word of the combination is named once (toy_corpus.py's table); the
 rest of the sentence is paraphrase. No-drum prompts say "solo", as the vocabulary defines it.
 """
 import itertools
@@ -39,6 +40,19 @@ _WORDS = {
                       "Music on {inst_the}: {tempo}, {mode_word}, {drums}.",
                       "Please play a {tempo} {mode_word} piece on {inst_the}, {drums}."],
     },
+    "check": {
+        "tempo": {"slow": ["slow", "slow and tender", "slow, hushed"],
+                  "fast": ["fast", "fast and bouncy", "fast, upbeat"]},
+        "inst": {"piano": ["piano", "a piano"], "guitar": ["guitar", "a guitar"], "organ": ["organ", "an organ"],
+                 "flute": ["flute", "a flute"], "bass": ["bass", "a bass"]},
+        "mode": {"major": ["in major", "major-mode"], "minor": ["in minor", "minor-mode"]},
+        "drums": {True: ["with drums", "drums playing along", "drums tapping underneath"],
+                  False: ["solo", "as a solo", "alone, solo"]},
+        "templates": ["I want {tempo} {inst} music {mode_in}, {drums}.",
+                      "Write a {tempo} {mode_adj} tune for {inst_a}, {drums}.",
+                      "{Inst_a} {mode_in}, {tempo}, {drums}.",
+                      "Something {tempo} on {inst_the} {mode_in}, {drums}."],
+    },
 }
 
 
@@ -56,7 +70,7 @@ def prompt_set(name, seed=0):
         article = "an" if inst[0] in "aeiou" else "a"
         slots = {"tempo": t, "Tempo": t[0].upper() + t[1:], "inst": inst, "Inst": inst.capitalize(),
                  "inst_a": i if " " in i else f"{article} {i}", "inst_the": i if " " in i else f"the {i}",
-                 "mode_adj": m if m.endswith("key") else f"{mode}-key", "mode_in": m if m.startswith("in") else
+                 "mode_adj": m if m.endswith(("key", "mode")) else f"{mode}-key", "mode_in": m if m.startswith("in") else
                  f"in {mode}", "mode_word": m, "drums": _pick(rng, words["drums"][drums])}
         slots["Inst_a"] = slots["inst_a"][0].upper() + slots["inst_a"][1:]
         prompt = _pick(rng, words["templates"]).format(**slots)

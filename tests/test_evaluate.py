@@ -338,3 +338,24 @@ def test_a_broken_corpus_exits_2_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         ev.main(["results", "--corpus", str(tmp_path), "--mulan", str(tmp_path / "mulan.pt")])
     assert exit.value.code == 2 and "manifest.jsonl:1: not valid JSON" in capsys.readouterr().err
+
+
+def test_judge_prompt_sets_name_each_attribute_once_and_share_no_template():
+    """bench/judge.py's prompt sets: every tempo x instrument x drums x mode once per set, each prompt
+    naming its own words and none of the other values', and no prompt in two sets."""
+    from bench.judge_prompts import INSTRUMENTS, prompt_set
+
+    def words(prompt):
+        return set(prompt.lower().replace(",", " ").replace(".", " ").replace("-", " ").replace(":", " ").split())
+
+    sets = {name: prompt_set(name) for name in ("tune", "eval", "check")}
+    for name, prompts in sets.items():
+        combos = {tuple(sorted(a.items(), key=lambda kv: kv[0])) for _, a in prompts}
+        assert len(prompts) == len(combos) == 40, name
+        for prompt, a in prompts:
+            w = words(prompt)
+            assert a["tempo"] in w and ({"slow", "fast"} - {a["tempo"]}).isdisjoint(w), prompt
+            assert a["instrument"] in w and (set(INSTRUMENTS) - {a["instrument"]}).isdisjoint(w), prompt
+            assert a["mode"] in w and ({"major", "minor"} - {a["mode"]}).isdisjoint(w), prompt
+            assert ("drums" in w) == a["drums"] and ("solo" in w) == (not a["drums"]), prompt
+    assert len({p for ps in sets.values() for p, _ in ps}) == 120
