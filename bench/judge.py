@@ -26,6 +26,7 @@ data.griffin_lim, as bench/adherence.py does):
   one prompt, against two real clips with the same attributes.
 """
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -188,14 +189,31 @@ DEFAULT_JUDGE = "/tmp/fidelity_judge.pt"
 TRAINING = dict(train_clips=900, heldout_clips=200, copies=2, judge_seed=0)     # `score`'s defaults
 
 
+def judge_key(args):
+    """What a stored judge must match to be used: its training sizes and seed, and the code that renders
+    its clips and computes its features (a judge from other code would hear today's features wrongly)."""
+    code = hashlib.sha256()
+    for module in (jm, toy_corpus):
+        with open(module.__file__, "rb") as f:
+            code.update(f.read())
+    return {"n": (args.train_clips, args.heldout_clips, args.copies), "seed": args.judge_seed,
+            "code": code.hexdigest()}
+
+
 def load_judge(path, args=None, log=print):
-    """The judge stored at path, or one trained (args: `score`'s flags; None: TRAINING) and stored there."""
+    """The judge stored at path if it was trained as asked (args: `score`'s flags; None: TRAINING) by
+    today's code; otherwise one trained and stored there."""
     args = args or argparse.Namespace(**TRAINING)
+    key = judge_key(args)
     if os.path.isfile(path):
-        judge = fit_judge(torch.load(path, weights_only=False), log)
-        judge["mtime"] = os.path.getmtime(path)
-        return judge
+        judge = torch.load(path, weights_only=False)
+        if judge.get("key") == key:
+            judge = fit_judge(judge, log)
+            judge["mtime"] = os.path.getmtime(path)
+            return judge
+        log(f"{path} was trained with other settings or code: training the judge again")
     judge = train_judge(args.train_clips, args.heldout_clips, args.copies, args.judge_seed, log)
+    judge["key"] = key
     torch.save(judge, path)
     judge["mtime"] = os.path.getmtime(path)
     return judge

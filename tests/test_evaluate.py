@@ -359,3 +359,27 @@ def test_judge_prompt_sets_name_each_attribute_once_and_share_no_template():
             assert a["mode"] in w and ({"major", "minor"} - {a["mode"]}).isdisjoint(w), prompt
             assert ("drums" in w) == a["drums"] and ("solo" in w) == (not a["drums"]), prompt
     assert len({p for ps in sets.values() for p, _ in ps}) == 120
+
+
+def test_stored_judge_is_used_only_if_trained_as_asked(tmp_path, monkeypatch):
+    """bench/judge.py keeps its trained judge in a file; a file trained with other sizes, seed or code
+    (or before judges recorded them) is trained again, never silently reused."""
+    import argparse
+    from bench import judge as jb
+
+    trained = []
+    monkeypatch.setattr(jb, "train_judge", lambda *a, **k: trained.append(a) or {"models": len(trained)})
+    monkeypatch.setattr(jb, "fit_judge", lambda judge, log: judge)
+    path, quiet = str(tmp_path / "judge.pt"), (lambda msg: None)
+    ask = lambda **kw: argparse.Namespace(**{**jb.TRAINING, **kw})
+    assert jb.load_judge(path, ask(), quiet)["models"] == 1
+    assert jb.load_judge(path, ask(), quiet)["models"] == 1 and len(trained) == 1
+    assert jb.load_judge(path, ask(train_clips=60), quiet)["models"] == 2
+    assert jb.load_judge(path, ask(train_clips=60, judge_seed=1), quiet)["models"] == 3
+    stale = torch.load(path, weights_only=False)
+    stale["key"]["code"] = "0" * 64
+    torch.save(stale, path)
+    assert jb.load_judge(path, ask(train_clips=60, judge_seed=1), quiet)["models"] == 4
+    del stale["key"]
+    torch.save(stale, path)
+    assert jb.load_judge(path, ask(train_clips=60, judge_seed=1), quiet)["models"] == 5
