@@ -140,7 +140,7 @@ def generate(args, p):
 # ------------------------------------------------------------------------------------------------
 # the judge: trained once on real clips, cached
 
-def train_judge(n_train, n_heldout, copies, seed, log):
+def train_judge(n_train, n_heldout, copies, seed, log, own_features=False):
     """Classifiers on real clips (clean + `copies` degraded copies each) of the training tunes, their
     accuracy on held-out tunes' clips (clean and per degradation), and a real reference set: two clips of
     held-out tunes for each of the 40 prompted attribute combinations."""
@@ -164,7 +164,8 @@ def train_judge(n_train, n_heldout, copies, seed, log):
     combos = [a for _, a in prompt_set("eval")]
     reference, ref_attrs = jm.render_real(heldout_tunes, 2 * len(combos), seed + 2, fixed=combos + combos)
     judge = {"train_x": x, "train_attrs": y_attrs, "held_x": held_x, "held_attrs": held_attrs,
-             "n": (n_train, n_heldout, copies), "reference": np.stack(reference).astype(np.float32),
+             "n": (n_train, n_heldout, copies), "own_features": own_features,
+             "reference": np.stack(reference).astype(np.float32),
              "reference_attrs": ref_attrs}
     return fit_judge(judge, log)
 
@@ -172,7 +173,9 @@ def train_judge(n_train, n_heldout, copies, seed, log):
 def fit_judge(judge, log):
     """The classifiers fitted on the stored training features, and their held-out accuracy (clips whose
     value is a class: a medium tempo is not scored)."""
-    judge["models"] = {name: jm.fit(judge["train_x"], jm.labels(judge["train_attrs"], name), len(classes))
+    own = judge.get("own_features", False)
+    judge["models"] = {name: jm.fit(judge["train_x"], jm.labels(judge["train_attrs"], name), len(classes),
+                                    jm.feature_columns(jm.OWN_FEATURES[name]) if own else None)
                        for name, classes in jm.ATTRIBUTES.items()}
     judge["accuracy"] = {}
     for column, xh in judge["held_x"].items():
@@ -186,7 +189,7 @@ def fit_judge(judge, log):
 
 
 DEFAULT_JUDGE = "/tmp/fidelity_judge.pt"
-TRAINING = dict(train_clips=900, heldout_clips=200, copies=2, judge_seed=0)     # `score`'s defaults
+TRAINING = dict(train_clips=900, heldout_clips=200, copies=2, judge_seed=0, own_features=False)  # `score`'s defaults
 
 
 def judge_key(args):
@@ -197,6 +200,7 @@ def judge_key(args):
         with open(module.__file__, "rb") as f:
             code.update(f.read())
     return {"n": (args.train_clips, args.heldout_clips, args.copies), "seed": args.judge_seed,
+            "own_features": args.own_features,
             "code": code.hexdigest()}
 
 
@@ -212,7 +216,7 @@ def load_judge(path, args=None, log=print):
             judge["mtime"] = os.path.getmtime(path)
             return judge
         log(f"{path} was trained with other settings or code: training the judge again")
-    judge = train_judge(args.train_clips, args.heldout_clips, args.copies, args.judge_seed, log)
+    judge = train_judge(args.train_clips, args.heldout_clips, args.copies, args.judge_seed, log, args.own_features)
     judge["key"] = key
     torch.save(judge, path)
     judge["mtime"] = os.path.getmtime(path)
@@ -380,7 +384,9 @@ def score(args):
     n_train, n_held, copies = judge["n"]
     lines = ["# Fidelity of the toy cascade, judged by classifiers trained on real clips", "",
              f"Judge (bench/judge_model.py): trained on {n_train} real clips of 80% of the tunes, each clean and in "
-             f"{copies} randomly degraded copies; accuracy on {n_held} real clips of the other tunes:", "",
+             f"{copies} randomly degraded copies"
+             + ("; each attribute's classifier on its own features only" if judge.get("own_features") else "")
+             + f"; accuracy on {n_held} real clips of the other tunes:", "",
              "| held-out real clips | " + " | ".join(jm.ATTRIBUTES) + " |", "|---" * 5 + "|"]
     lines += [f"| {col} | " + " | ".join(f"{v[n]:.0%}" for n in jm.ATTRIBUTES) + " |" for col, v in acc.items()]
     summary = {}
@@ -428,6 +434,9 @@ def main():
     s.add_argument("--heldout-clips", type=int, default=TRAINING["heldout_clips"])
     s.add_argument("--copies", type=int, default=TRAINING["copies"], help="degraded copies of each training clip")
     s.add_argument("--judge-seed", type=int, default=TRAINING["judge_seed"])
+    s.add_argument("--own-features", action="store_true", help="each attribute's classifier on its own features "
+                   "only (judge_model.OWN_FEATURES): how much the feature choice moves the readings; use "
+                   "another --judge file")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.command == "generate":

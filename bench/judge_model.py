@@ -20,7 +20,8 @@ Features (`features`, all at 16 kHz):
   the 100-260 Hz chord register) rotated so that index 0 is the tonic of the best-fitting major
   scale; relative major and minor share their notes, so the mode is which degree (1 or 6) the tune
   rests on, and the classifier learns the weights.
-One multinomial logistic regression per attribute on the standardized features (torch, Adam, L2).
+One multinomial logistic regression per attribute on all the standardized features (torch, Adam, L2),
+or, with `own_features`, on that attribute's own group above.
 """
 import math
 import os
@@ -140,13 +141,15 @@ def _onset_curve(spec_db):
     return flux / (flux.std() + 1e-9)
 
 
+_LAGS = np.unique(np.round(np.geomspace(5, 150, 32)).astype(int))     # 0.05-1.5 s at 100 fps
+
+
 def tempo_features(spec_db, wave):
     flux = _onset_curve(spec_db)
     x = flux - flux.mean()
     ac = np.correlate(x, x, "full")[len(x) - 1:]
     ac = ac / (ac[0] + 1e-9)
-    lags = np.unique(np.round(np.geomspace(5, 150, 32)).astype(int))
-    return np.concatenate([ac[lags], [audio_measures.onset_rate(wave, RATE), flux.mean(), np.percentile(flux, 90)]])
+    return np.concatenate([ac[_LAGS], [audio_measures.onset_rate(wave, RATE), flux.mean(), np.percentile(flux, 90)]])
 
 
 def _pitch_track(wave):
@@ -224,6 +227,22 @@ def _mfcc_stats(spec, n_coeffs=20):
     return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)])
 
 
+# The parts of `features`, in order, with their lengths; and the parts each attribute's own classifier
+# reads with `--own-features` (bench/judge.py score), a check of how much the choice of features moves
+# the readings of generated clips.
+FEATURE_PARTS = (("tempo", len(_LAGS) + 3), ("mfcc", 40), ("bands", 20), ("pitch", 3), ("voiced", 1),
+                 ("harmonic", 7), ("percussive", 9), ("notes", 12), ("chroma", 12), ("chord chroma", 12))
+OWN_FEATURES = {"tempo": ("tempo",), "instrument": ("mfcc", "bands", "pitch", "voiced", "harmonic"),
+                "drums": ("percussive",), "mode": ("notes", "chroma", "chord chroma")}
+
+
+def feature_columns(parts):
+    """Column indices in `features` of the named parts."""
+    starts = np.cumsum([0] + [n for _, n in FEATURE_PARTS])
+    where = {name: np.arange(starts[i], starts[i + 1]) for i, (name, _) in enumerate(FEATURE_PARTS)}
+    return np.concatenate([where[p] for p in parts])
+
+
 def features(wave, rate):
     """The judge's feature vector of one clip (any rate; measured at 16 kHz)."""
     wave = np.asarray(wave, dtype=np.float64)
@@ -257,10 +276,12 @@ def labels(attrs, name):
     return np.array([ATTRIBUTES[name].index(a[name]) if a[name] in ATTRIBUTES[name] else -1 for a in attrs])
 
 
-def fit(x, y, classes, decay=1e-3, steps=600, seed=0):
-    """A multinomial logistic regression on standardized x: {'mean', 'std', 'weight', 'bias'}."""
+def fit(x, y, classes, columns=None, decay=1e-3, steps=600, seed=0):
+    """A multinomial logistic regression on standardized x (only `columns` of it, if given):
+    {'mean', 'std', 'weight', 'bias', 'columns'}."""
     torch.manual_seed(seed)
     x, y = x[y >= 0], y[y >= 0]
+    x = x if columns is None else x[:, columns]
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     xt = torch.tensor((x - mean) / std, dtype=torch.float32)
     yt = torch.tensor(y)
@@ -271,10 +292,12 @@ def fit(x, y, classes, decay=1e-3, steps=600, seed=0):
         loss = torch.nn.functional.cross_entropy(layer(xt), yt) + decay * layer.weight.pow(2).sum()
         loss.backward()
         opt.step()
-    return {"mean": mean, "std": std, "weight": layer.weight.detach().numpy(), "bias": layer.bias.detach().numpy()}
+    return {"mean": mean, "std": std, "weight": layer.weight.detach().numpy(), "bias": layer.bias.detach().numpy(),
+            "columns": columns}
 
 
 def predict(model, x):
     """Class indices for rows of x."""
+    x = x if model.get("columns") is None else x[:, model["columns"]]
     z = ((x - model["mean"]) / model["std"]) @ model["weight"].T + model["bias"]
     return z.argmax(axis=1)

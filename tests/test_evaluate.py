@@ -383,3 +383,24 @@ def test_stored_judge_is_used_only_if_trained_as_asked(tmp_path, monkeypatch):
     del stale["key"]
     torch.save(stale, path)
     assert jb.load_judge(path, ask(train_clips=60, judge_seed=1), quiet)["models"] == 5
+
+
+def test_judge_feature_parts_cover_the_features_and_own_feature_models_read_only_theirs():
+    """judge_model.FEATURE_PARTS lists `features` part by part (lengths that sum to its length), and a
+    classifier fitted on some columns ignores the others."""
+    from bench import judge_model as jm
+
+    t = np.arange(4 * 16000) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 2 * t) > 0)).astype(np.float32)
+    x = jm.features(wave, 16000)
+    assert len(x) == sum(n for _, n in jm.FEATURE_PARTS)
+    assert np.all(np.diff(jm.feature_columns(name for name, _ in jm.FEATURE_PARTS)) == 1)
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(60, len(x)))
+    y = (xs[:, 0] > 0).astype(int)                           # decided by the first tempo feature
+    cols = jm.feature_columns(jm.OWN_FEATURES["tempo"])
+    model = jm.fit(xs, y, 2, cols, steps=200)
+    assert (jm.predict(model, xs) == y).mean() > 0.9
+    other = xs.copy()
+    other[:, np.setdiff1d(np.arange(len(x)), cols)] = rng.normal(size=(60, len(x) - len(cols))) * 100
+    assert np.array_equal(jm.predict(model, other), jm.predict(model, xs))
