@@ -3,8 +3,8 @@ with words and templates that neither the training captions nor toy_corpus's hel
 
 Three sets with disjoint templates and synonyms: `tune` (to choose settings on), `eval` (to report
 on) and `check` (written after `eval` had been seen under many settings, to report a choice made on
-`tune` on prompts that no earlier run has looked at). Each vocabulary word of the combination is named once (toy_corpus.py's table); the
-rest of the sentence is paraphrase. No-drum prompts say "solo", as the vocabulary defines it.
+`tune` on prompts that no earlier run has looked at). Each vocabulary word of the combination is
+named once (toy_corpus.py's table); the rest of the sentence is paraphrase. No-drum prompts say "solo", as the vocabulary defines it.
 """
 import itertools
 
@@ -70,8 +70,9 @@ def prompt_set(name, seed=0):
         article = "an" if inst[0] in "aeiou" else "a"
         slots = {"tempo": t, "Tempo": t[0].upper() + t[1:], "inst": inst, "Inst": inst.capitalize(),
                  "inst_a": i if " " in i else f"{article} {i}", "inst_the": i if " " in i else f"the {i}",
-                 "mode_adj": m if m.endswith(("key", "mode")) else f"{mode}-key", "mode_in": m if m.startswith("in") else
-                 f"in {mode}", "mode_word": m, "drums": _pick(rng, words["drums"][drums])}
+                 "mode_adj": m if m.endswith(("key", "mode")) else f"{mode}-key",
+                 "mode_in": m if m.startswith("in") else f"in {mode}", "mode_word": m,
+                 "drums": _pick(rng, words["drums"][drums])}
         slots["Inst_a"] = slots["inst_a"][0].upper() + slots["inst_a"][1:]
         prompt = _pick(rng, words["templates"]).format(**slots)
         out.append((prompt, {"tempo": tempo, "instrument": inst, "drums": drums, "mode": mode}))

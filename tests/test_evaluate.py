@@ -340,7 +340,7 @@ def test_a_broken_corpus_exits_2_with_one_line(tmp_path, capsys):
     assert exit.value.code == 2 and "manifest.jsonl:1: not valid JSON" in capsys.readouterr().err
 
 
-def test_judge_prompt_sets_name_each_attribute_once_and_share_no_template():
+def test_judge_prompt_sets_name_each_attribute_once_and_share_no_prompt():
     """bench/judge.py's prompt sets: every tempo x instrument x drums x mode once per set, each prompt
     naming its own words and none of the other values', and no prompt in two sets."""
     from bench.judge_prompts import INSTRUMENTS, prompt_set
