@@ -249,7 +249,7 @@ def build_page(studio, ckpt_dir):
             with gr.Column(scale=3):
                 prompt = gr.Textbox(label="Prompt", placeholder="fast drums and bass", elem_id="prompt")
                 with gr.Row():
-                    pipeline = gr.Radio(list(cascade.PIPELINES), value="wave", label="Pipeline",
+                    pipeline = gr.Radio(list(cascade.PIPELINES), value=cascade.DEFAULT_PIPELINE, label="Pipeline",
                                         info="wave: 3.2 kHz -> 16 kHz -> 24 kHz; spec: log-mel -> 16 kHz -> 24 kHz")
                     seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
                     seconds = gr.Number(cascade.stage_spec("wave-generator").clip_seconds, label="Seconds",
@@ -261,13 +261,13 @@ def build_page(studio, ckpt_dir):
                 knob_boxes, groups = [], {}
                 for stage in cascade.STAGES:
                     with gr.Accordion(f"{stage} knobs (blank: default)", open=False,
-                                      visible=stage in cascade.PIPELINES["wave"], elem_id=f"knobs-{stage}") as groups[stage]:
+                                      visible=stage in cascade.PIPELINES[cascade.DEFAULT_PIPELINE], elem_id=f"knobs-{stage}") as groups[stage]:
                         for _, flag, help_text in (f for f in flags if f[0] == stage):
                             knob_boxes.append(gr.Textbox(label=flag, placeholder=help_text, max_lines=1,
                                                          elem_id=knob_id(flag)))
         bars, players, pictures = [], [], []
         with gr.Row():
-            for k, stage in enumerate(cascade.PIPELINES["wave"]):
+            for k, stage in enumerate(cascade.PIPELINES[cascade.DEFAULT_PIPELINE]):
                 with gr.Column():
                     bars.append(gr.HTML(_bar(stage, 0, 0), elem_id=f"bar{k}"))
                     players.append(gr.Audio(type="filepath", label=STAGE_ROLES[stage], interactive=False,

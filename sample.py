@@ -1,10 +1,10 @@
 """Text in, music out: inference through the Noise2Music cascade (section 4.2).
 
     python sample.py "lo-fi guitar ballad"                         # -> sample.wav, 24 kHz
-    python sample.py "fast drums and bass" --pipeline spec --seed 3 --out bass.wav
+    python sample.py "fast drums and bass" --pipeline wave --seed 3 --out bass.wav
     python sample.py --prompts prompts.txt --out-dir outs/          # 000.wav, 001.wav, ...
-    python sample.py "slow organ chorale" --save-stages --cascader-steps 80 --wave-generator-w 5
-    python sample.py "fast flute melody" --seconds 30 --pipeline spec      # past the training length
+    python sample.py "slow organ chorale" --save-stages --vocoder-steps 12 --spec-generator-w 5
+    python sample.py "fast flute melody" --seconds 30                      # past the training length
     python sample.py "flute and drums" --stereo                    # two-channel 24 kHz (stereo super-res)
     python sample.py "slow bass line" --continue mine.wav --seconds 12      # also --inpaint F --region A:B,
                                                                             # --init F --strength S, --upsample F
@@ -54,7 +54,8 @@ def build_parser():
     p.add_argument("--prompts", help="a file of prompts, one per line")
     p.add_argument("--out", help="output WAV for a single prompt (default: sample.wav)")
     p.add_argument("--out-dir", help="output folder for --prompts: 000.wav, 001.wav, ...")
-    p.add_argument("--pipeline", choices=("wave", "spec"), default="wave", help="waveform or spectrogram path")
+    p.add_argument("--pipeline", choices=tuple(cascade.PIPELINES), default=cascade.DEFAULT_PIPELINE,
+                   help="waveform or spectrogram path")
     p.add_argument("--seconds", type=float, help="clip length (default: the stages' training length)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--ckpt-dir", default="checkpoints/toy", help="folder with one STAGE.pt per stage")

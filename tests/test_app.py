@@ -213,11 +213,11 @@ def test_page_in_headless_chromium_plays_every_stage(tmp_path):
         WebDriverWait(driver, 30).until(lambda d: "write a prompt" in message(d))
         type_into(driver, "prompt", "fast drums and bass")
         type_into(driver, "seconds", "0.5")
-        for stage in cascade.PIPELINES["wave"]:
+        for stage in cascade.PIPELINES[cascade.DEFAULT_PIPELINE]:
             set_knob(driver, f"--{stage}-steps", "3")
         find(driver, "#generate").click()
         links = wait_for_stages(driver, timeout=180)
-        for stage, link in zip(cascade.PIPELINES["wave"], links):
+        for stage, link in zip(cascade.PIPELINES[cascade.DEFAULT_PIPELINE], links):
             wave, rate = sf.read(io.BytesIO(urllib.request.urlopen(link, timeout=10).read()))
             assert rate == RATES[stage] and len(wave) == round(0.5 * rate), (stage, rate, len(wave))
             assert np.isfinite(wave).all() and np.sqrt(np.mean(wave ** 2)) > 1e-3, stage

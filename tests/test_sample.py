@@ -46,7 +46,7 @@ def test_prompts_file_batches_and_names_outputs(ckpts, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("slow piano\nfast drums\n\n")
     r = _run("--prompts", str(prompts), "--out-dir", str(tmp_path / "o"), "--ckpt-dir", ckpts, "--seconds", "0.25",
-             "--save-stages", *FAST)
+             "--save-stages", "--pipeline", "wave", *FAST)
     assert r.returncode == 0, r.stderr[-2000:]
     assert {"000.wav", "001.wav", "002.wav"} <= set(os.listdir(tmp_path / "o"))
     assert "unconditionally" in r.stderr
@@ -84,7 +84,7 @@ def test_conditioning_noise_knob_changes_the_output(ckpts, tmp_path):
     outs = []
     for aug in ("0", "0.3"):
         r = _run("a slow piano tune", "--ckpt-dir", ckpts, "--seconds", "0.5", "--out", str(tmp_path / f"{aug}.wav"),
-                 "--cascader-aug", aug, *FAST)
+                 "--cascader-aug", aug, "--pipeline", "wave", *FAST)
         assert r.returncode == 0, r.stderr
         outs.append(sf.read(tmp_path / f"{aug}.wav")[0])
     assert not np.allclose(outs[0], outs[1])
