@@ -252,8 +252,8 @@ def build_page(studio, ckpt_dir):
                     pipeline = gr.Radio(list(cascade.PIPELINES), value=cascade.DEFAULT_PIPELINE, label="Pipeline",
                                         info="wave: 3.2 kHz -> 16 kHz -> 24 kHz; spec: log-mel -> 16 kHz -> 24 kHz")
                     seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
-                    seconds = gr.Number(cascade.stage_spec("wave-generator").clip_seconds, label="Seconds",
-                                        elem_id="seconds")
+                    first = cascade.PIPELINES[cascade.DEFAULT_PIPELINE][0]
+                    seconds = gr.Number(cascade.stage_spec(first).clip_seconds, label="Seconds", elem_id="seconds")
                 ckpt = gr.Textbox(ckpt_dir, label="Checkpoint folder", elem_id="ckpt")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 message = gr.Markdown(elem_id="message")
@@ -261,7 +261,8 @@ def build_page(studio, ckpt_dir):
                 knob_boxes, groups = [], {}
                 for stage in cascade.STAGES:
                     with gr.Accordion(f"{stage} knobs (blank: default)", open=False,
-                                      visible=stage in cascade.PIPELINES[cascade.DEFAULT_PIPELINE], elem_id=f"knobs-{stage}") as groups[stage]:
+                                      visible=stage in cascade.PIPELINES[cascade.DEFAULT_PIPELINE],
+                                      elem_id=f"knobs-{stage}") as groups[stage]:
                         for _, flag, help_text in (f for f in flags if f[0] == stage):
                             knob_boxes.append(gr.Textbox(label=flag, placeholder=help_text, max_lines=1,
                                                          elem_id=knob_id(flag)))

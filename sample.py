@@ -20,7 +20,8 @@ audio on one machine.
 Choices: an empty prompt is generated unconditionally (the cross-attention output zeroed, as for
 the 10% of training examples without text), with a note on stderr. A prompt longer than the
 stage's token length is truncated, with a warning. The 24 kHz output is scaled down only if its
-peak would clip.
+peak would clip. A knob of a stage the run does not use (--cascader-steps with --pipeline spec) is
+ignored, with a note.
 """
 import argparse
 import dataclasses
@@ -264,7 +265,16 @@ def parse_args(argv=None):
     except checks.InputError as e:
         p.error(str(e))
     check_audio_args(args, p)
+    for flag in idle_knobs(args):
+        print(f"note: {flag} is ignored: --pipeline {args.pipeline} does not run that stage", file=sys.stderr)
     return args, p
+
+
+def idle_knobs(args):
+    """The --STAGE-* flags given for stages the run does not use (e.g. --cascader-steps on the spectrogram path)."""
+    used = cascade.pipeline_stages(args.pipeline, args.stereo)
+    return [f"--{stage}-{name.replace('_', '-')}" for stage, knob in args.knobs.items() if stage not in used
+            for name, value in dataclasses.asdict(knob).items() if value is not None]
 
 
 def read_prompts(args):

@@ -283,3 +283,16 @@ def test_the_sampler_knob_picks_the_sampler_and_its_steps(ckpts, monkeypatch):
     given = cascade.Given(known=torch.zeros(1, 1, 240), mask=torch.ones(1, 1, 240, dtype=torch.bool))
     cascade.run_stage(stage, cascade.Sampling(sampler="dpmpp-2m"), (1, 1, 240), torch.Generator(), cond=cond, given=given)
     assert seen == [(n, 3) for n in diffusion.SAMPLERS] + [("given", stage.spec.steps)]
+
+
+def test_knobs_of_stages_the_pipeline_skips_are_named_on_stderr(capsys, tmp_path):
+    """--cascader-steps on the spectrogram path, or --super-res-w with --stereo, does nothing: a note says so."""
+    out = str(tmp_path / "o.wav")
+    sample.parse_args(["x", "--out", out, "--cascader-steps", "3", "--vocoder-w", "2"])
+    err = capsys.readouterr().err
+    assert "--cascader-steps is ignored" in err and "--vocoder-w" not in err
+    sample.parse_args(["x", "--out", out, "--pipeline", "wave", "--stereo", "--super-res-w", "2", "--stereo-w", "2"])
+    err = capsys.readouterr().err
+    assert "--super-res-w is ignored" in err and "--stereo-w" not in err
+    sample.parse_args(["x", "--out", out, "--pipeline", "wave", "--cascader-steps", "3"])
+    assert "ignored" not in capsys.readouterr().err
