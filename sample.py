@@ -265,8 +265,6 @@ def parse_args(argv=None):
     except checks.InputError as e:
         p.error(str(e))
     check_audio_args(args, p)
-    for flag in idle_knobs(args):
-        print(f"note: {flag} is ignored: --pipeline {args.pipeline} does not run that stage", file=sys.stderr)
     return args, p
 
 
@@ -434,6 +432,8 @@ def main(argv=None):
     if task is not None:
         check_against_models(task, first, parser)
     check_prompts(args.prompt_list, text_encoder[0], stages)
+    for flag in idle_knobs(args):           # after every check: a refusal stays one line
+        print(f"note: {flag} is ignored: --pipeline {args.pipeline} does not run that stage", file=sys.stderr)
 
     def progress(name):
         return lambda steps: tqdm(steps, desc=name, leave=False, disable=None)
