@@ -243,6 +243,7 @@ def build_page(studio, ckpt_dir):
     import gradio as gr
 
     flags = knob_flags()
+    shown = cascade.PIPELINES[cascade.DEFAULT_PIPELINE]        # the stages the page opens with
     with gr.Blocks(title="Noise2Music studio", analytics_enabled=False, delete_cache=(600, 3600)) as page:
         gr.Markdown("## Noise2Music: hear every stage of the cascade")
         with gr.Row():
@@ -252,8 +253,7 @@ def build_page(studio, ckpt_dir):
                     pipeline = gr.Radio(list(cascade.PIPELINES), value=cascade.DEFAULT_PIPELINE, label="Pipeline",
                                         info="wave: 3.2 kHz -> 16 kHz -> 24 kHz; spec: log-mel -> 16 kHz -> 24 kHz")
                     seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
-                    first = cascade.PIPELINES[cascade.DEFAULT_PIPELINE][0]
-                    seconds = gr.Number(cascade.stage_spec(first).clip_seconds, label="Seconds", elem_id="seconds")
+                    seconds = gr.Number(cascade.stage_spec(shown[0]).clip_seconds, label="Seconds", elem_id="seconds")
                 ckpt = gr.Textbox(ckpt_dir, label="Checkpoint folder", elem_id="ckpt")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 message = gr.Markdown(elem_id="message")
@@ -261,14 +261,13 @@ def build_page(studio, ckpt_dir):
                 knob_boxes, groups = [], {}
                 for stage in cascade.STAGES:
                     with gr.Accordion(f"{stage} knobs (blank: default)", open=False,
-                                      visible=stage in cascade.PIPELINES[cascade.DEFAULT_PIPELINE],
-                                      elem_id=f"knobs-{stage}") as groups[stage]:
+                                      visible=stage in shown, elem_id=f"knobs-{stage}") as groups[stage]:
                         for _, flag, help_text in (f for f in flags if f[0] == stage):
                             knob_boxes.append(gr.Textbox(label=flag, placeholder=help_text, max_lines=1,
                                                          elem_id=knob_id(flag)))
         bars, players, pictures = [], [], []
         with gr.Row():
-            for k, stage in enumerate(cascade.PIPELINES[cascade.DEFAULT_PIPELINE]):
+            for k, stage in enumerate(shown):
                 with gr.Column():
                     bars.append(gr.HTML(_bar(stage, 0, 0), elem_id=f"bar{k}"))
                     players.append(gr.Audio(type="filepath", label=STAGE_ROLES[stage], interactive=False,

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,7 +24,8 @@ import audio_measures  # noqa: E402
 import cascade  # noqa: E402
 import judge as judge_bench  # noqa: E402
 import judge_model as jm  # noqa: E402
-import sample  # noqa: E402
+
+RATE = judge_bench.STAGE_RATES["super-res"]       # the pipelines' 24 kHz output
 
 
 def seed_range(text):
@@ -44,7 +46,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     judge = judge_bench.load_judge(args.judge)
-    knobs = sample.parse_args([args.prompt])[0].knobs
+    knobs = {stage: cascade.Sampling() for stage in cascade.STAGES}       # sample.py with no knob flags
     print(f'"{args.prompt}", seeds {args.seeds[0]}-{args.seeds[-1]} ({len(args.seeds)} clips per pipeline)\n')
     print("| pipeline | " + " | ".join(jm.ATTRIBUTES) + " | floor dB (median) | CPU s per s of audio |")
     print("|---|" + "---|" * (len(jm.ATTRIBUTES) + 2))
@@ -56,12 +58,12 @@ def main(argv=None):
             audio = cascade.cascade_generate(stages, text_encoder, [args.prompt], pipeline, seconds, seed, knobs)
             clips.append(audio[0].float().numpy())
         per_second = (time.process_time() - start) / (seconds * len(clips))
-        heard = judge_bench.hear(judge, clips, judge_bench.STAGE_RATES["super-res"])
+        heard = judge_bench.hear(judge, clips, RATE)
         cells = []
         for name in jm.ATTRIBUTES:
             counts = collections.Counter(heard[name]).most_common()
             cells.append(", ".join(f"{value} {n}" for value, n in counts))
-        floor = sorted(audio_measures.noise_floor_db(c, 24000) for c in clips)[len(clips) // 2]
+        floor = np.median([audio_measures.noise_floor_db(c, RATE) for c in clips])
         print(f"| {pipeline} | " + " | ".join(cells) + f" | {floor:.1f} | {per_second:.2f} |")
 
 
