@@ -1,6 +1,6 @@
 """Audio in: long-form, continuation, inpainting, audio-to-audio and up-sampling, measured.
 
-    python bench/beyond.py [--pipeline spec] [--parts tune,long,continue,inpaint,init,upsample,frames]
+    python bench/beyond.py [--pipeline spec] [--parts tune,long,long-judged,continue,inpaint,init,upsample,frames]
                            [--long-seconds 30] [--long-pairs 20] [--pairs 20] [--a2a-clips 20]
                            [--strengths 0.2,0.4,0.6,0.8,1.0] [--upsample-clips 20] [--out bench/results_beyond.md]
 
@@ -13,6 +13,9 @@ Each part writes a section of --out (the command line heads the file):
   by evaluate.py's onset rate / median pitch / percussive ratio); the seam: spectral flux (mean
   absolute log-mel frame difference, 100 fps) at the joins of the generator's windows against the
   same statistic inside windows (at least 0.3 s from a join); wall time per second of audio.
+- long-judged: prompts of a judge set (--long-set, every tempo x instrument x drums x mode phrased
+  afresh), each generated --long-seconds long; the judge hears each 4 s window's tempo, instrument,
+  drums and mode, against 4 s clips of the same prompts and seeds; the seam as above.
 - continue / inpaint: pairs of real toy-corpus clips (toy_corpus.py renders them) that differ in one
   attribute; the prompt names the clip's other attributes only, so the generated part can get the
   measured one only from the given audio. Pair right = the generated parts measure the right way
@@ -147,6 +150,7 @@ def prompt_for(attrs, leave_out=None):
 
 
 KIND_ATTR = {"tempo": ("tempo", "fast", "slow"), "register": ("instrument", "flute", "bass"), "drums": ("drums", True, False)}
+JUDGED = ("tempo", "instrument", "drums", "mode")     # the attributes the judge hears (long-judged)
 
 
 def real_pairs(corpus, n, seconds):
@@ -293,6 +297,50 @@ def part_long(args, models, lines):
     lines += [seam_row("long-form", at, inside), "",
               f"Wall time: {per_second:.2f} s per second of audio (the long clips alone, one at a time, "
               f"{torch.get_num_threads()} thread, shared CPU).", ""]
+
+
+def part_long_judged(args, models, lines):
+    """Long-form clips of a judge prompt set (every tempo x instrument x drums x mode, phrased afresh),
+    each 4 s window heard by the judge, against 4 s clips of the same prompts and seeds."""
+    prompts = judge_bench.prompt_set(args.long_set)
+    if args.long_clips < len(prompts):      # a fixed random subset, as judge.py's --every draws one
+        keep = np.sort(np.random.default_rng(0).permutation(len(prompts))[:args.long_clips])
+        prompts = [prompts[i] for i in keep]
+    judge = load_judge(args)
+    task = cascade.AudioTask("long", overlap=args.overlap, fit=args.fit, edge=args.edge)
+    n_win = int(args.long_seconds // WINDOW)
+    hits = {a: np.zeros((len(prompts), n_win), dtype=bool) for a in JUDGED}
+    hits_short = {a: np.zeros(len(prompts), dtype=bool) for a in JUDGED}
+    at, inside, t_long, t0 = [], [], 0.0, time.perf_counter()
+    joins = long_joins(args.long_seconds, WINDOW, args.overlap, args.edge)
+    for i, (text, attrs) in enumerate(prompts):
+        t1 = time.perf_counter()
+        wave = run(models, args.pipeline, [text], task, args.long_seconds, args.seed + i, args.knobs)[0]
+        t_long += time.perf_counter() - t1
+        short = run(models, args.pipeline, [text], cascade.AudioTask("long"), WINDOW, args.seed + i, args.knobs)[0]
+        for k in range(n_win):
+            heard_as = judge_hears(judge, wave[int(k * WINDOW * RATE):int((k + 1) * WINDOW * RATE)])
+            for a in JUDGED:
+                hits[a][i, k] = heard_as[a] == attrs[a]
+        heard_as = judge_hears(judge, short)
+        for a in JUDGED:
+            hits_short[a][i] = heard_as[a] == attrs[a]
+        a_, b_ = seam_stats(wave, joins)
+        at, inside = at + a_, inside + b_
+        print(f"  long, judged: {i + 1}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
+    lines += [f"## Long-form, judged: {args.long_seconds:g} s, {args.pipeline} pipeline{' (generator only)' if FIRST_ONLY else ''}, "
+              f"{len(prompts)} prompts of the judge's `{args.long_set}` set, seeds from {args.seed}, overlap {args.overlap:g} s, "
+              f"{fit_name(args.fit)}, edge {args.edge:g} s", "",
+              f"Clips whose attribute the judge (bench/judge.py's classifiers) hears as prompted, in each {WINDOW:g} s window "
+              f"of the long clips and in {WINDOW:g} s clips of the same prompts and seeds:", "",
+              "| attribute | " + " | ".join(f"{k * WINDOW:g}-{(k + 1) * WINDOW:g} s" for k in range(n_win))
+              + f" | all windows | {WINDOW:g} s clips |", "|---" * (n_win + 3) + "|"]
+    for a in JUDGED:
+        lines.append(f"| {a} | " + " | ".join(f"{v:.0%}" for v in hits[a].mean(0))
+                     + f" | {hits[a].mean():.0%} | {hits_short[a].mean():.0%} |")
+    lines += ["", "Seam:", ""] + SEAM_HEADER + [seam_row("long-form", at, inside), "",
+              f"Wall time: {t_long / (args.long_seconds * len(prompts)):.2f} s per second of audio (the long clips "
+              f"alone, one at a time, {torch.get_num_threads()} thread).", ""]
 
 
 def part_known(args, models, lines, mode):
@@ -566,6 +614,9 @@ def parse(argv=None):
     p.add_argument("--long-pairs", type=int, default=20, help="prompt pairs per kind for long-form")
     p.add_argument("--long-prompts", default="tuning", choices=("tuning", "fresh"),
                    help="long-form: bench/adherence.py's prompt pairs (`prompt_pairs`) or its fresh phrasings")
+    p.add_argument("--long-set", default="check", choices=("tune", "eval", "check"),
+                   help="long-judged: the judge's prompt set (bench/judge_prompts.py)")
+    p.add_argument("--long-clips", type=int, default=40, help="long-judged: prompts of --long-set (a fixed subset if < 40)")
     p.add_argument("--long-kinds", default="tempo,register,drums", help="the kinds of prompt pairs for long-form")
     p.add_argument("--pairs", type=int, default=20, help="real clip pairs per kind for continuation and inpainting")
     p.add_argument("--continue-seconds", type=float, default=4.0, help="seconds generated after the given clip")
@@ -620,7 +671,7 @@ def main(argv=None):
         lines += ["Scored: the generator's output alone (`--first-stage`; the spectrogram generator's log-mels through "
                   "Griffin-Lim), resampled to 24 kHz; known part: the generator's own output (log-mel / 3.2 kHz).", ""]
     models = load(args.pipeline, args.ckpt_dir) if set(parts) - {"upsample"} else None
-    todo = {"tune": part_tune, "long": part_long, "continue": lambda a, m, l: part_known(a, m, l, "continue"),
+    todo = {"tune": part_tune, "long": part_long, "long-judged": part_long_judged, "continue": lambda a, m, l: part_known(a, m, l, "continue"),
             "inpaint": lambda a, m, l: part_known(a, m, l, "inpaint"), "init": part_init, "frames": part_frames}
     for part in parts:
         t0 = time.perf_counter()
