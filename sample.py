@@ -269,9 +269,16 @@ def parse_args(argv=None):
 
 
 def idle_knobs(args):
-    """The --STAGE-* flags given for stages the run does not use (e.g. --cascader-steps on the spectrogram path)."""
+    """[(flag, why)]: the --STAGE-* flags given for stages the run does not use (e.g. --cascader-steps on
+    the spectrogram path, --wave-generator-steps with --upsample)."""
     used = cascade.pipeline_stages(args.pipeline, args.stereo)
-    return [f"--{stage}-{name.replace('_', '-')}" for stage, knob in args.knobs.items() if stage not in used
+    why = f"--pipeline {args.pipeline} does not run that stage"
+    task = getattr(args, "task", None)
+    if task is not None and task.mode == "upsample":        # the cascader (below 16 kHz) and the last stage
+        used = used[2:] if task.rate >= 16000 else used[1:]
+        why = "--upsample of " + ("16 kHz or more runs only the last stage" if task.rate >= 16000
+                                  else "audio under 16 kHz runs only the cascader and the last stage")
+    return [(f"--{stage}-{name.replace('_', '-')}", why) for stage, knob in args.knobs.items() if stage not in used
             for name, value in dataclasses.asdict(knob).items() if value is not None]
 
 
@@ -432,8 +439,8 @@ def main(argv=None):
     if task is not None:
         check_against_models(task, first, parser)
     check_prompts(args.prompt_list, text_encoder[0], stages)
-    for flag in idle_knobs(args):           # after every check: a refusal stays one line
-        print(f"note: {flag} is ignored: --pipeline {args.pipeline} does not run that stage", file=sys.stderr)
+    for flag, why in idle_knobs(args):      # after every check: a refusal stays one line
+        print(f"note: {flag} is ignored: {why}", file=sys.stderr)
 
     def progress(name):
         return lambda steps: tqdm(steps, desc=name, leave=False, disable=None)

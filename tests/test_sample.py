@@ -288,9 +288,17 @@ def test_the_sampler_knob_picks_the_sampler_and_its_steps(ckpts, monkeypatch):
 def test_knobs_of_stages_the_pipeline_skips_are_named(ckpts, tmp_path):
     """--cascader-steps on the spectrogram path, or --super-res-w with --stereo, does nothing: a note says so."""
     def idle(*argv):
+        return [flag for flag, _ in idle_why(*argv)]
+
+    def idle_why(*argv):
         return sample.idle_knobs(sample.parse_args(["x", "--out", str(tmp_path / "o.wav"), *argv])[0])
     assert idle("--cascader-steps", "3", "--vocoder-w", "2") == ["--cascader-steps"]
     assert idle("--pipeline", "wave", "--stereo", "--super-res-w", "2", "--stereo-w", "2") == ["--super-res-w"]
     assert idle("--pipeline", "wave", "--cascader-steps", "3") == []
+    for rate, used, unused in ((3200, "--cascader-steps", "--wave-generator-steps"), (16000, "--super-res-steps", "--cascader-steps")):
+        path = str(tmp_path / f"in{rate}.wav")
+        sf.write(path, 0.1 * np.sin(np.arange(rate) * 0.05), rate)
+        (flag, why), = idle_why("--upsample", path, used, "2", unused, "2")
+        assert flag == unused and why.startswith("--upsample of "), why
     r = _run("x", "--ckpt-dir", ckpts, "--seconds", "0.25", "--out", str(tmp_path / "a.wav"), *FAST)
     assert r.returncode == 0 and "note: --cascader-steps is ignored: --pipeline spec" in r.stderr, r.stderr[-2000:]
