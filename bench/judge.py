@@ -248,7 +248,8 @@ def measure_clips(judge, clips, rate):
             "floor": np.array([audio_measures.noise_floor_db(c, rate) for c in clips]),
             "notes": np.array([audio_measures.confident_note_fraction(c, rate) for c in clips]),
             "bands": np.stack([audio_measures.band_floors_db(c, rate) for c in clips]),
-            "mfcc": np.stack([audio_measures.mfcc_stats(c, rate) for c in clips])}
+            "mfcc": np.stack([audio_measures.mfcc_stats(c, rate) for c in clips]),
+            "key": np.array([jm.key_profile(c, rate) for c in clips])}
 
 
 def accuracy(predicted, attrs):
@@ -289,7 +290,7 @@ def real_rows(judge, log):
 
 def has_every_column(rows):
     """Whether cached rows were measured with every column measure_clips makes today."""
-    return all("bands" in m for m, _, _ in rows.values())
+    return all("bands" in m and "key" in m for m, _, _ in rows.values())
 
 
 def stored_rows(path, judge, log):
@@ -349,6 +350,19 @@ def band_table(rows):
     return lines
 
 
+def key_table(rows):
+    """Whether a stage's notes keep to semitones and to one key (judge_model.key_profile): mode is heard
+    only in clips that do."""
+    lines = ["| clips | pitches on the semitone grid (median) | notes in the best-fitting scale (median; 25th "
+             "percentile) | degree 1 minus degree 6 weight: major prompts / minor prompts |", "|---|---|---|---|"]
+    for label, (m, attrs, _) in rows.items():
+        grid, share, lean = m["key"].T
+        major = np.array([a["mode"] == "major" for a in attrs])
+        lines.append(f"| {label} | {np.nanmedian(grid):.2f} | {np.nanmedian(share):.2f}; {np.nanpercentile(share, 25):.2f} | "
+                     f"{np.nanmean(lean[major]):+.3f} / {np.nanmean(lean[~major]):+.3f} |")
+    return lines
+
+
 def floors(values, attrs):
     """'solo / drums': the median noise floor of each group (drum hits are noise-like, so the two groups lie
     ~50 dB apart on real clips and one median over both would jump between them)."""
@@ -400,6 +414,7 @@ def score(args):
         shown = {**rows, **r} if path == args.files[0] else r          # the real rows above the first file's
         lines += table(shown, scale, judge)
         lines += ["", "Prompted instrument heard, per instrument:", ""] + per_instrument(r)
+        lines += ["", "Notes in one key (mode is heard only where they keep to one):", ""] + key_table(shown)
         lines += ["", "Noise floor band by band (audio_measures.band_floors_db), median over solo clips:", ""]
         lines += band_table(shown)
     report = "\n".join(lines) + "\n"

@@ -243,6 +243,28 @@ def feature_columns(parts):
     return np.concatenate([where[p] for p in parts])
 
 
+def key_profile(wave, rate):
+    """(on the grid, in key, tonic lean) of one clip's tracked notes, weighted as mode_features weights them:
+    - on the grid: how closely pitches sit on equal-tempered semitones (the length of the mean of
+      exp(2 pi i x cents / 100); 1: every pitch on a semitone, ~0: spread evenly between them);
+    - in key: the share of their weight inside the 7-note scale that fits them best. Real toy clips, whose
+      notes are snapped to one scale, are ~0.95 in key; random pitch classes still fit some scale, at 0.84
+      (10 notes) to 0.71 (40 notes);
+    - tonic lean: the weight of that scale's degree 1 (the major tonic) minus its degree 6 (the relative
+      minor's tonic): which of the two the tune rests on.
+    NaN where no notes are tracked."""
+    wave = np.asarray(wave, dtype=np.float64)
+    if rate != RATE:
+        wave = data.fft_resample(wave, rate, RATE)
+    f0, rms, _ = _pitch_track(wave / (np.sqrt(np.mean(wave ** 2)) + 1e-9) * 0.1)
+    if len(f0) == 0:
+        return float("nan"), float("nan"), float("nan")
+    midi = 69 + 12 * np.log2(f0 / 440.0)
+    grid = abs(np.sum(rms * np.exp(2j * np.pi * (midi - np.round(midi))))) / rms.sum()
+    rotated, _ = mode_features(f0, rms)
+    return float(grid), float(rotated[_MAJOR > 0].sum()), float(rotated[0] - rotated[9])
+
+
 def features(wave, rate):
     """The judge's feature vector of one clip (any rate; measured at 16 kHz)."""
     wave = np.asarray(wave, dtype=np.float64)

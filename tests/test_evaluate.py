@@ -404,3 +404,23 @@ def test_judge_feature_parts_cover_the_features_and_own_feature_models_read_only
     other = xs.copy()
     other[:, np.setdiff1d(np.arange(len(x)), cols)] = rng.normal(size=(60, len(x) - len(cols))) * 100
     assert np.array_equal(jm.predict(model, other), jm.predict(model, xs))
+
+
+def test_key_profile_tells_a_tune_in_one_key_from_pitches_off_the_grid():
+    """judge_model.key_profile: notes of a C major tune on equal-tempered pitches sit on the semitone
+    grid, all in one scale and on its tonic; the same notes detuned at random (up to half a semitone,
+    with out-of-scale notes among them) do not."""
+    from bench import judge_model as jm
+
+    rate, rng = 16000, np.random.default_rng(0)
+    def tune(midis):
+        t = np.arange(int(0.25 * rate)) / rate
+        notes = [np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) * np.hanning(len(t)) ** 0.2 for m in midis]
+        return 0.3 * np.concatenate(notes)
+    c_major = [60, 64, 67, 72, 67, 64, 60, 62, 65, 69, 65, 62, 60, 64, 67, 60]       # resting on C
+    grid, in_key, lean = jm.key_profile(tune(c_major), rate)
+    assert grid > 0.7 and in_key > 0.9 and lean > 0.2, (grid, in_key, lean)
+    wild = rng.uniform(55, 75, 16)
+    grid, in_key, _ = jm.key_profile(tune(wild), rate)
+    assert grid < 0.5 and in_key < 0.9, (grid, in_key)
+    assert all(np.isnan(jm.key_profile(np.zeros(rate), rate)))
