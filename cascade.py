@@ -644,7 +644,7 @@ def run_stage(stage: StageModel, knobs: Sampling, shape, generator, text=None, t
     if not torch.isfinite(x).all():             # an error naming the stage, never a silent WAV
         raise FloatingPointError(f"the {spec.name} stage produced NaN or infinite values")
     if spec.output == "spec":   # a log-mel holds at most DB_MAX (data.normalize_db); beyond, its power overflows
-        x = x.clamp(max=1.0)    # float32 (a guided inpainting once reached 7.9, 430 dB: NaN in the vocoder)
+        x = x.clamp(max=1.0)    # float32 (a strongly guided inpainting can reach ~8, 430 dB: NaN in the vocoder)
     x = x if clean is None else keep_input_band(x, clean, spec.sample_rate, spec.cond_rate)
     return x if given is None else given.keep_known(x)
 
