@@ -248,12 +248,9 @@ def part_tune(args, models, lines):
               f"r {resample}, edge {args.edge:g} s.", ""]
 
 
-def part_long(args, models, lines):
-    """Long-form clips scored per 4 s window, against 4 s clips of the same prompts and seeds."""
-    kinds = args.long_kinds.split(",")
-    make = adherence.fresh_prompt_pairs if args.long_prompts == "fresh" else adherence.prompt_pairs
-    pairs = {k: v for k, v in make(args.long_pairs).items() if k in kinds}
-    prompts = [p for kind in kinds for pair in pairs[kind] for p in pair]
+def long_and_short(args, models, prompts, label):
+    """For each prompt i (seed args.seed + i): its --long-seconds clip and a 4 s clip; and the long clips'
+    wall seconds per second of audio."""
     task = cascade.AudioTask("long", overlap=args.overlap, fit=args.fit, edge=args.edge)
     waves, short, t0, t_long = [], [], time.perf_counter(), 0.0
     for i, p in enumerate(prompts):
@@ -261,16 +258,47 @@ def part_long(args, models, lines):
         waves.append(run(models, args.pipeline, [p], task, args.long_seconds, args.seed + i, args.knobs)[0])
         t_long += time.perf_counter() - t1
         short.append(run(models, args.pipeline, [p], cascade.AudioTask("long"), WINDOW, args.seed + i, args.knobs)[0])
-        print(f"  long: {i + 1}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
-    per_second = t_long / (args.long_seconds * len(prompts))
+        print(f"  {label}: {i + 1}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
+    return waves, short, t_long / (args.long_seconds * len(prompts))
+
+
+def long_title(args, title, prompts):
+    """The heading of a long-form section: length, pipeline, prompts, seeds and the window settings."""
+    return (f"## {title}: {args.long_seconds:g} s, {args.pipeline} pipeline{' (generator only)' if FIRST_ONLY else ''}, "
+            f"{prompts}, seeds from {args.seed}, overlap {args.overlap:g} s, {fit_name(args.fit)}, edge {args.edge:g} s")
+
+
+def window_header(first, n_win):
+    """The head of a table with one column per 4 s window, then all windows and the 4 s clips."""
+    return ["| " + first + " | " + " | ".join(f"{k * WINDOW:g}-{(k + 1) * WINDOW:g} s" for k in range(n_win))
+            + f" | all windows | {WINDOW:g} s clips |", "|---" * (n_win + 3) + "|"]
+
+
+def seam_lines(args, waves, label, per_second):
+    """The seam table of long clips (flux at the generator's window joins against inside) and the wall time."""
+    joins = long_joins(args.long_seconds, WINDOW, args.overlap, args.edge)
+    at, inside = [], []
+    for w in waves:
+        a, b = seam_stats(w, joins)
+        at, inside = at + a, inside + b
+    return ["", f"Seam (joins at {', '.join(f'{j:g}' for j in joins)} s):", ""] + SEAM_HEADER + [
+        seam_row(label, at, inside), "",
+        f"Wall time: {per_second:.2f} s per second of audio (the long clips alone, one at a time, "
+        f"{torch.get_num_threads()} thread).", ""]
+
+
+def part_long(args, models, lines):
+    """Long-form clips scored per 4 s window, against 4 s clips of the same prompts and seeds."""
+    kinds = args.long_kinds.split(",")
+    make = adherence.fresh_prompt_pairs if args.long_prompts == "fresh" else adherence.prompt_pairs
+    pairs = {k: v for k, v in make(args.long_pairs).items() if k in kinds}
+    prompts = [p for kind in kinds for pair in pairs[kind] for p in pair]
+    waves, short, per_second = long_and_short(args, models, prompts, "long")
     n_win = int(args.long_seconds // WINDOW)
-    lines += [f"## Long-form: {args.long_seconds:g} s, {args.pipeline} pipeline{' (generator only)' if FIRST_ONLY else ''}, "
-              f"{args.long_pairs} {args.long_prompts} prompt pairs per kind, seeds from {args.seed}, "
-              f"overlap {args.overlap:g} s, {fit_name(args.fit)}, edge {args.edge:g} s", "",
+    lines += [long_title(args, "Long-form", f"{args.long_pairs} {args.long_prompts} prompt pairs per kind"), "",
               f"Pairs ordered right in each {WINDOW:g} s window of the long clips ({n_win} windows per clip), and in "
-              f"{WINDOW:g} s clips of the same prompts and seeds (one generator window, no known part):", "",
-              "| kind | " + " | ".join(f"{k * WINDOW:g}-{(k + 1) * WINDOW:g} s" for k in range(n_win))
-              + f" | all windows | {WINDOW:g} s clips |", "|---" * (n_win + 3) + "|"]
+              f"{WINDOW:g} s clips of the same prompts and seeds (one generator window, no known part):", ""]
+    lines += window_header("kind", n_win)
     i = 0
     for kind in kinds:
         ok = np.zeros((len(pairs[kind]), n_win), dtype=bool)
@@ -288,15 +316,7 @@ def part_long(args, models, lines):
             if rows and len(rows) < len(pairs[kind]):
                 lines.append(f"| {kind}, {word} ({len(rows)} pairs) | " + " | ".join(f"{v:.0%}" for v in ok[rows].mean(0))
                              + f" | {ok[rows].mean():.0%} | {ok_short[rows].mean():.0%} |")
-    joins = long_joins(args.long_seconds, WINDOW, args.overlap, args.edge)
-    at, inside = [], []
-    for w in waves:
-        a, b = seam_stats(w, joins)
-        at, inside = at + a, inside + b
-    lines += ["", f"Seam (joins at {', '.join(f'{j:g}' for j in joins)} s):", ""] + SEAM_HEADER
-    lines += [seam_row("long-form", at, inside), "",
-              f"Wall time: {per_second:.2f} s per second of audio (the long clips alone, one at a time, "
-              f"{torch.get_num_threads()} thread, shared CPU).", ""]
+    lines += seam_lines(args, waves, "long-form", per_second)
 
 
 def part_long_judged(args, models, lines):
@@ -307,40 +327,23 @@ def part_long_judged(args, models, lines):
         keep = np.sort(np.random.default_rng(0).permutation(len(prompts))[:args.long_clips])
         prompts = [prompts[i] for i in keep]
     judge = load_judge(args)
-    task = cascade.AudioTask("long", overlap=args.overlap, fit=args.fit, edge=args.edge)
+    waves, short, per_second = long_and_short(args, models, [text for text, _ in prompts], "long, judged")
     n_win = int(args.long_seconds // WINDOW)
-    hits = {a: np.zeros((len(prompts), n_win), dtype=bool) for a in JUDGED}
-    hits_short = {a: np.zeros(len(prompts), dtype=bool) for a in JUDGED}
-    at, inside, t_long, t0 = [], [], 0.0, time.perf_counter()
-    joins = long_joins(args.long_seconds, WINDOW, args.overlap, args.edge)
-    for i, (text, attrs) in enumerate(prompts):
-        t1 = time.perf_counter()
-        wave = run(models, args.pipeline, [text], task, args.long_seconds, args.seed + i, args.knobs)[0]
-        t_long += time.perf_counter() - t1
-        short = run(models, args.pipeline, [text], cascade.AudioTask("long"), WINDOW, args.seed + i, args.knobs)[0]
-        for k in range(n_win):
-            heard_as = judge_hears(judge, wave[int(k * WINDOW * RATE):int((k + 1) * WINDOW * RATE)])
+    hits = {a: np.zeros((len(prompts), n_win + 1), dtype=bool) for a in JUDGED}     # the last column: 4 s clips
+    for i, (_, attrs) in enumerate(prompts):
+        parts = [waves[i][int(k * WINDOW * RATE):int((k + 1) * WINDOW * RATE)] for k in range(n_win)] + [short[i]]
+        for k, part in enumerate(parts):
+            heard_as = judge_hears(judge, part)
             for a in JUDGED:
                 hits[a][i, k] = heard_as[a] == attrs[a]
-        heard_as = judge_hears(judge, short)
-        for a in JUDGED:
-            hits_short[a][i] = heard_as[a] == attrs[a]
-        a_, b_ = seam_stats(wave, joins)
-        at, inside = at + a_, inside + b_
-        print(f"  long, judged: {i + 1}/{len(prompts)} clips, {time.perf_counter() - t0:.0f} s", flush=True)
-    lines += [f"## Long-form, judged: {args.long_seconds:g} s, {args.pipeline} pipeline{' (generator only)' if FIRST_ONLY else ''}, "
-              f"{len(prompts)} prompts of the judge's `{args.long_set}` set, seeds from {args.seed}, overlap {args.overlap:g} s, "
-              f"{fit_name(args.fit)}, edge {args.edge:g} s", "",
+    lines += [long_title(args, "Long-form, judged", f"{len(prompts)} prompts of the judge's `{args.long_set}` set"), "",
               f"Clips whose attribute the judge (bench/judge.py's classifiers) hears as prompted, in each {WINDOW:g} s window "
-              f"of the long clips and in {WINDOW:g} s clips of the same prompts and seeds:", "",
-              "| attribute | " + " | ".join(f"{k * WINDOW:g}-{(k + 1) * WINDOW:g} s" for k in range(n_win))
-              + f" | all windows | {WINDOW:g} s clips |", "|---" * (n_win + 3) + "|"]
+              f"of the long clips and in {WINDOW:g} s clips of the same prompts and seeds:", ""]
+    lines += window_header("attribute", n_win)
     for a in JUDGED:
-        lines.append(f"| {a} | " + " | ".join(f"{v:.0%}" for v in hits[a].mean(0))
-                     + f" | {hits[a].mean():.0%} | {hits_short[a].mean():.0%} |")
-    lines += ["", "Seam:", ""] + SEAM_HEADER + [seam_row("long-form", at, inside), "",
-              f"Wall time: {t_long / (args.long_seconds * len(prompts)):.2f} s per second of audio (the long clips "
-              f"alone, one at a time, {torch.get_num_threads()} thread).", ""]
+        lines.append(f"| {a} | " + " | ".join(f"{v:.0%}" for v in hits[a][:, :n_win].mean(0))
+                     + f" | {hits[a][:, :n_win].mean():.0%} | {hits[a][:, n_win].mean():.0%} |")
+    lines += seam_lines(args, waves, "long-form", per_second)
 
 
 def part_known(args, models, lines, mode):
