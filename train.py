@@ -83,6 +83,8 @@ class TrainConfig:
     lr_end: int = field(default=None, metadata={"help": "the step where the cosine reaches 0 (default: the preset's; "
                                                         "at toy scale, the run's last step)"})
     ema_decay: float = field(default=None, metadata={"help": f"EMA decay ({PRESET})"})
+    loss_weighting: str = field(default=None, metadata={"help": "w_t of eq. 1: unit or sigma2 (default: the preset's, "
+                                                                "Table 2's loss column)"})
     text_dropout: float = field(default=0.1, metadata={"help": "share of examples trained without text (CFG)"})
     clean_share: float = field(default=None, metadata={"help": f"share of examples whose conditioning is not augmented ({PRESET})"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip"})
@@ -109,6 +111,10 @@ def parse_args(argv=None):
     for name in ("steps", "batch_size", "grad_accum"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.loss_weighting is not None and args.loss_weighting not in diffusion.WEIGHTINGS:
+        parser.error(f"--loss-weighting must be one of {', '.join(diffusion.WEIGHTINGS)}")
+    if args.loss_weighting is not None and args.stage == "all":
+        parser.error("--loss-weighting sets one stage's loss; give that stage with --stage")
     if args.stop_at < 0:
         parser.error("--stop-at must not be negative")
     if args.data and not os.path.exists(args.data):
@@ -493,6 +499,8 @@ def train_stage(cfg: TrainConfig, stage: str):
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rank, world = setup_distributed(device)
     spec = cascade.stage_spec(stage, cfg.scale)
+    if cfg.loss_weighting:
+        spec = dataclasses.replace(spec, loss_weighting=cfg.loss_weighting)
     cfg = resolve_config(dataclasses.replace(cfg, stage=stage), spec)
     os.makedirs(cfg.out, exist_ok=True)
     if is_main():

@@ -66,6 +66,8 @@ CASES = [
     ("--out-dir with one prompt", "8", ["sample.py", "x", "--out-dir", "{tmp}/od2", *FAST], 2, "{tmp}/od2/000.wav"),
     ("data.py check: int captions", "8", ["data.py", "check", "{int_captions}"], 2, None),
     ("data.py check: string tags", "8", ["data.py", "check", "{string_tags}"], 2, None),
+    ("train --loss-weighting snr", "-", ["train.py", "--stage", "super-res", "--data", "{manifest}", "--out", "{tmp}/r12", "--loss-weighting", "snr", *TRAIN], 2, "{tmp}/r12/super-res.pt"),
+    ("train --stage all --loss-weighting unit", "-", ["train.py", "--stage", "all", "--out", "{tmp}/r13", "--loss-weighting", "unit"], 2, "{tmp}/r13"),
     ("--cascader-sampler euler", "-", ["sample.py", "x", "--cascader-sampler", "euler", "--out", "{tmp}/o14.wav"], 2, "{tmp}/o14.wav"),
 ]
 

@@ -171,3 +171,13 @@ def test_stage_all_trains_both_chains_and_exports(corpus, tmp_path, monkeypatch)
         ckpt = torch.load(tmp_path / "export" / f"{stage}.pt", weights_only=True)
         assert ckpt["step"] == 2 and ckpt["model"] is None and ckpt["optimizer"] is None
         assert all(v.dtype == torch.float16 for v in ckpt["ema"].values() if v.is_floating_point())
+
+
+def test_loss_weighting_flag_replaces_the_presets(corpus, tmp_path, monkeypatch):
+    """--loss-weighting sets eq. 1's w_t for the run; unset, the stage's preset (Table 2's column) holds."""
+    seen = []
+    real = train.diffusion.diffusion_loss
+    monkeypatch.setattr(train.diffusion, "diffusion_loss", lambda *a: seen.append(a[-1]) or real(*a))
+    train.train_stage(_cfg(corpus, tmp_path / "preset", steps=1), "super-res")
+    train.train_stage(_cfg(corpus, tmp_path / "sigma2", steps=1, loss_weighting="sigma2"), "super-res")
+    assert seen == [cascade.stage_spec("super-res").loss_weighting, "sigma2"] and seen[0] == "unit"
