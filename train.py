@@ -499,13 +499,16 @@ def train_stage(cfg: TrainConfig, stage: str):
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rank, world = setup_distributed(device)
     spec = cascade.stage_spec(stage, cfg.scale)
-    if cfg.loss_weighting:
-        spec = dataclasses.replace(spec, loss_weighting=cfg.loss_weighting)
     cfg = resolve_config(dataclasses.replace(cfg, stage=stage), spec)
     os.makedirs(cfg.out, exist_ok=True)
     if is_main():
         remove_stale_temporaries(cfg, stage)
     ckpt = load_resume(cfg, stage)
+    # --loss-weighting, or on resume the run's own, else the preset's
+    weighting = cfg.loss_weighting or ((ckpt or {}).get("train_config") or {}).get("loss_weighting")
+    if weighting:
+        spec = dataclasses.replace(spec, loss_weighting=weighting)
+        cfg = dataclasses.replace(cfg, loss_weighting=weighting)
 
     # text encoder (frozen) and its embedding cache
     text_cache, t5_path, count_tokens = None, "", None

@@ -135,6 +135,7 @@ digests = [None] * dist.get_world_size()
 dist.all_gather_object(digests, digest.hexdigest())
 if dist.get_rank() == 0:
     json.dump(digests, open({out!r}, "w"))
+dist.barrier()                                           # both ranks past the json before either tears down
 destroy()                                                # the real one (gloo's threads end before exit)
 """
 
@@ -174,10 +175,13 @@ def test_stage_all_trains_both_chains_and_exports(corpus, tmp_path, monkeypatch)
 
 
 def test_loss_weighting_flag_replaces_the_presets(corpus, tmp_path, monkeypatch):
-    """--loss-weighting sets eq. 1's w_t for the run; unset, the stage's preset (Table 2's column) holds."""
+    """--loss-weighting sets eq. 1's w_t for the run, and a resumed run keeps it; unset, the stage's
+    preset (Table 2's column) holds."""
     seen = []
     real = train.diffusion.diffusion_loss
     monkeypatch.setattr(train.diffusion, "diffusion_loss", lambda *a: seen.append(a[-1]) or real(*a))
     train.train_stage(_cfg(corpus, tmp_path / "preset", steps=1), "super-res")
     train.train_stage(_cfg(corpus, tmp_path / "sigma2", steps=1, loss_weighting="sigma2"), "super-res")
     assert seen == [cascade.stage_spec("super-res").loss_weighting, "sigma2"] and seen[0] == "unit"
+    train.train_stage(_cfg(corpus, tmp_path / "sigma2", steps=2, resume=True), "super-res")
+    assert seen[2:] == ["sigma2"]
