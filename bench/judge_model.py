@@ -243,6 +243,14 @@ def feature_columns(parts):
     return np.concatenate([where[p] for p in parts])
 
 
+def _at_judge_rate(wave, rate):
+    """One clip as the judge measures it: float64 at 16 kHz, at RMS 0.1 (loudness is not an attribute)."""
+    wave = np.asarray(wave, dtype=np.float64)
+    if rate != RATE:
+        wave = data.fft_resample(wave, rate, RATE)
+    return wave / (np.sqrt(np.mean(wave ** 2)) + 1e-9) * 0.1
+
+
 def key_profile(wave, rate):
     """(on the grid, in key, tonic lean) of one clip's tracked notes, weighted as mode_features weights them:
     - on the grid: how closely pitches sit on equal-tempered semitones (the length of the mean of
@@ -253,10 +261,7 @@ def key_profile(wave, rate):
     - tonic lean: the weight of that scale's degree 1 (the major tonic) minus its degree 6 (the relative
       minor's tonic): which of the two the tune rests on.
     NaN where no notes are tracked."""
-    wave = np.asarray(wave, dtype=np.float64)
-    if rate != RATE:
-        wave = data.fft_resample(wave, rate, RATE)
-    f0, rms, _ = _pitch_track(wave / (np.sqrt(np.mean(wave ** 2)) + 1e-9) * 0.1)
+    f0, rms, _ = _pitch_track(_at_judge_rate(wave, rate))
     if len(f0) == 0:
         return float("nan"), float("nan"), float("nan")
     midi = 69 + 12 * np.log2(f0 / 440.0)
@@ -267,10 +272,7 @@ def key_profile(wave, rate):
 
 def features(wave, rate):
     """The judge's feature vector of one clip (any rate; measured at 16 kHz)."""
-    wave = np.asarray(wave, dtype=np.float64)
-    if rate != RATE:
-        wave = data.fft_resample(wave, rate, RATE)
-    wave = wave / (np.sqrt(np.mean(wave ** 2)) + 1e-9) * 0.1        # loudness is not an attribute
+    wave = _at_judge_rate(wave, rate)
     spec = data.log_mel(wave.astype(np.float32), RATE).astype(np.float64)    # (80, F) in [-1, 1]
     spec_db = data.denormalize_db(torch.from_numpy(spec)).numpy()
     f0, rms, frames = _pitch_track(wave)
