@@ -1072,6 +1072,15 @@ def task_seconds(task, seconds, generator_seconds):
     return seconds
 
 
+def task_stages(task, pipeline, stereo=False):
+    """The stages `audio_generate` runs for `task`, in cascade order: up-sampling runs the waveform
+    path without its generator, and from 16 kHz or more super-res alone."""
+    if task.mode != "upsample":
+        return pipeline_stages(pipeline, stereo)
+    names = pipeline_stages("wave", stereo)
+    return names[2:] if task.rate >= 16000 else names[1:]
+
+
 def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs, task: AudioTask,
                    device="cpu", progress=None, keep=None, timings=None, stereo=False):
     """Prompts (and the task's audio) in, 24 kHz audio out: `cascade_generate` for the audio-in modes.
@@ -1088,6 +1097,7 @@ def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs
     :return: a (B, T) float tensor at 24 kHz; (B, 2, T) left and right with `stereo`.
     """
     names = pipeline_stages("wave" if task.mode == "upsample" else pipeline, stereo)
+    runs = task_stages(task, pipeline, stereo)
     first = stages[names[0]].spec if names[0] in stages else stage_spec(names[0])
     second, third = stages[names[1]], stages[names[2]]
     seconds = task_seconds(task, seconds, first.clip_seconds)
@@ -1096,12 +1106,12 @@ def audio_generate(stages, text_encoder, prompts, pipeline, seconds, seed, knobs
     bar = lambda name: progress and progress(name)
     done = _stage_done(timings, keep)
 
-    if task.mode != "upsample":
+    if names[0] in runs:
         x1 = generate_first(stages[names[0]], text_encoder, prompts, task, seconds, knobs[names[0]], gen, bar(names[0]))
         done(names[0], x1)
     if task.mode == "upsample" and knobs[names[1]].keep_band is None:     # the user's band is kept, not re-made
         knobs = {**knobs, names[1]: replace(knobs[names[1]], keep_band=1)}
-    if task.mode == "upsample" and task.rate >= 16000:       # super-res alone, from the clip at 16 kHz
+    if names[1] not in runs:                                 # super-res alone, from the clip at 16 kHz
         x2 = pad_edge(at_stage(second.spec, task.audio)[None], n2).expand(B, -1, -1).to(third.device)
     else:
         if task.mode == "upsample":                          # the cascader, from the clip at 3.2 kHz

@@ -271,13 +271,13 @@ def parse_args(argv=None):
 def idle_knobs(args):
     """[(flag, why)]: the --STAGE-* flags given for stages the run does not use (e.g. --cascader-steps on
     the spectrogram path, --wave-generator-steps with --upsample)."""
-    used = cascade.pipeline_stages(args.pipeline, args.stereo)
-    why = f"--pipeline {args.pipeline} does not run that stage"
     task = getattr(args, "task", None)
-    if task is not None and task.mode == "upsample":        # the cascader (below 16 kHz) and the last stage
-        used = used[2:] if task.rate >= 16000 else used[1:]
-        why = "--upsample of " + ("16 kHz or more runs only the last stage" if task.rate >= 16000
-                                  else "audio under 16 kHz runs only the cascader and the last stage")
+    if task is not None and task.mode == "upsample":
+        used = cascade.task_stages(task, args.pipeline, args.stereo)
+        why = f"--upsample of {task.rate / 1000:g} kHz audio runs only {' and '.join(used)}"
+    else:
+        used = cascade.pipeline_stages(args.pipeline, args.stereo)
+        why = f"--pipeline {args.pipeline} does not run that stage"
     return [(f"--{stage}-{name.replace('_', '-')}", why) for stage, knob in args.knobs.items() if stage not in used
             for name, value in dataclasses.asdict(knob).items() if value is not None]
 
