@@ -93,7 +93,7 @@ def add_audio_flags(p):
     g.add_argument("--reconstruction-guidance", type=float, default=None, metavar="W",
                    help="generator's known-region sampler: the weight of reconstruction guidance, which steers the "
                    "new part by the gradient of its fit to the known part, at about twice the generator's time "
-                   f"(0: none; default {DEFAULT_GUIDANCE:g} for --continue and --inpaint, 0 for long-form)")
+                   f"(0: none; default {DEFAULT_GUIDANCE:g} for --inpaint and for --continue with --no-describe, else 0)")
     g.add_argument("--describe", action=argparse.BooleanOptionalAction, default=None,
                    help="add the given audio's pseudo-labels to each prompt: for each label set, the label the MuLan "
                    "model (CKPT_DIR/mulan.pt) hears best in it, unless the prompt names one of that set (toy sets: "
@@ -106,10 +106,13 @@ DEFAULT_STRENGTH = 0.6
 # Plain replacement by default: on the tuning seeds of bench/beyond.py, long-form windows joined most
 # smoothly with a 2 s overlap and replacement (bench/results_beyond.md); RePaint is --repaint-jump 2
 # --repaint-resample 3 (three times the generator's steps). Reconstruction guidance at w = 3 for
-# continuation and inpainting: on the tuning clips (seeds from 1000) it gave the highest mean share
-# of new parts in which the judge hears the given clip's tempo, instrument and drums (w = 8 tied, with
-# rougher joins). Long-form keeps plain replacement: with guidance its windows followed their prompts
-# less often and drifted out of the data's range (bench/results_beyond.md).
+# inpainting, and for continuation when the prompt is not given the clip's labels (--no-describe): on
+# the tuning clips (seeds from 1000) it gave the highest mean share of new parts in which the judge
+# hears the given clip's tempo, instrument and drums (w = 8 tied, with rougher joins). With the labels
+# (the default where a MuLan is at hand) the prompt carries the instrument and drums, and a continuation
+# by plain replacement keeps the tempo more often, at half the time (tuning clips: tempo 85% against 65%).
+# Long-form keeps plain replacement: with guidance its windows followed their prompts less often and
+# drifted out of the data's range (bench/results_beyond.md).
 DEFAULT_JUMP, DEFAULT_RESAMPLE = 0, 1
 DEFAULT_GUIDANCE = 3.0
 MIN_AUDIO_SECONDS = 0.5
@@ -172,8 +175,6 @@ def check_audio_args(args, p, argv=None):
     key = next(k for k, f in AUDIO_FLAGS.items() if f == given[0])
     wave, rate = read_audio_input(given[0], getattr(args, key), p)
     mode = "continue" if key == "continue_" else key
-    if mode in ("continue", "inpaint") and args.reconstruction_guidance is None:
-        args.fit = dataclasses.replace(args.fit, guidance=DEFAULT_GUIDANCE)
     task = cascade.AudioTask(mode, wave, rate, strength=args.strength or DEFAULT_STRENGTH, overlap=args.overlap,
                              fit=args.fit)
     if mode == "inpaint":
@@ -191,6 +192,8 @@ def check_audio_args(args, p, argv=None):
     if args.describe:
         args.prompt_list = describe_prompts(args, wave, p)
         print("prompts with the given audio's labels:\n" + "\n".join(args.prompt_list), file=sys.stderr)
+    if args.reconstruction_guidance is None and (mode == "inpaint" or mode == "continue" and not args.describe):
+        task.fit = args.fit = dataclasses.replace(args.fit, guidance=DEFAULT_GUIDANCE)
 
 
 def describe_prompts(args, wave, p):

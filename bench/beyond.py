@@ -352,41 +352,51 @@ def part_known(args, models, lines, mode):
     corpus = Corpus(args.seed + (1 if mode == "continue" else 2))
     # clips rendered 0.5 s longer and cut, so that a continued clip does not end in the corpus's 20 ms fade-out
     pairs = {k: [tuple((c[:int(WINDOW * RATE)], a) for c, a in pair) for pair in v]
-             for k, v in real_pairs(corpus, args.pairs, WINDOW + 0.5).items()}
+             for k, v in real_pairs(corpus, args.pairs, WINDOW + 0.5).items() if k in args.kinds.split(",")}
+    kinds = {k: v for k, v in KIND_ATTR.items() if k in pairs}
     judge = load_judge(args)
     described = " + the given clip's labels (`--describe`)" if args.describe else ""
     prompts = {kind: [[prompt_for(attrs, leave_out=kind) for _, attrs in pair] for pair in pairs[kind]] for kind in pairs}
     if args.describe:                   # what sample.py --describe does with the given file, once per clip
         mulan = pseudolabel.load_mulan(os.path.join(args.ckpt_dir, "mulan.pt"))
-        prompts = {kind: [[pseudolabel.add_labels(text, pseudolabel.hear_labels(mulan, [clip], RATE)[0])
-                           for text, (clip, _) in zip(texts, pair)] for texts, pair in zip(prompts[kind], pairs[kind])]
-                   for kind in pairs}
+        labels = {kind: [[pseudolabel.hear_labels(mulan, [clip], RATE)[0] for clip, _ in pair] for pair in pairs[kind]]
+                  for kind in pairs}
+        prompts = {kind: [[pseudolabel.add_labels(text, heard_) for text, heard_ in zip(texts, heard)]
+                          for texts, heard in zip(prompts[kind], labels[kind])] for kind in pairs}
+        as_label = lambda key, value: ("solo", "drums")[value] if key == "drums" else value
+        right = {kind: np.mean([heard_[key] == as_label(key, attrs[key]) for pair, heard in zip(pairs[kind], labels[kind])
+                                for (_, attrs), heard_ in zip(pair, heard)]) for kind, (key, _, _) in kinds.items()}
+        heard_right = "MuLan's labels (`--describe`) name the given clip's own " + ", ".join(
+            f"{k} for {v:.0%}" for k, v in right.items()) + " of the given clips."
+        print("  " + heard_right, flush=True)
     lines += [f"## {'Continuation' if mode == 'continue' else 'Inpainting'} of real toy-corpus clips ({args.pipeline} pipeline, "
               f"{args.pairs} pairs per kind, seeds from {args.seed})", ""]
     if mode == "continue":
         lines.append(f"Given: a {WINDOW:g} s clip; generated: {args.continue_seconds:g} s more; scored: the generated part.")
     else:
         lines.append(f"Given: a {WINDOW:g} s clip; regenerated: {args.region[0]:g}-{args.region[1]:g} s; scored: the region.")
+    if args.describe:
+        lines += ["", heard_right]
     lines += ["", "Pairs right: the generated parts of a pair measure the right way round, as the given clips do (analyzer of "
               "evaluate.py). Judge agrees: the judge (bench/judge.py's classifiers) hears the given clip's own "
               f"attribute in the generated part ({2 * args.pairs} clips per kind; the prompt never names it).", "",
-              "| method | " + " | ".join(f"{k} pairs right" for k in KIND_ATTR) + " | "
-              + " | ".join(f"judge agrees: {k}" for k in KIND_ATTR) + " | given clips' pairs right | "
-              "largest change of the known part | s per s of audio |", "|---" * (2 * len(KIND_ATTR) + 4) + "|"]
+              "| method | " + " | ".join(f"{k} pairs right" for k in kinds) + " | "
+              + " | ".join(f"judge agrees: {k}" for k in kinds) + " | given clips' pairs right | "
+              "largest change of the known part | s per s of audio |", "|---" * (2 * len(kinds) + 4) + "|"]
     # the ceiling: the judge on the given clips' own scored part (inpainting: the region; continuation:
     # the whole given clip), heard as the outputs are
     own = {}
-    for kind, (key, _, _) in KIND_ATTR.items():
+    for kind, (key, _, _) in kinds.items():
         cut = slice(*(round(s * RATE) for s in args.region)) if mode == "inpaint" else slice(None)
         own[kind] = np.mean([judge_hears(judge, heard(clip[cut]))[key] == attrs[key] for pair in pairs[kind] for clip, attrs in pair])
-    lines.append("| the given clips themselves (the judge's ceiling) | - | - | - | "
-                 + " | ".join(f"{own[k]:.0%}" for k in KIND_ATTR) + " | - | - | - |")
+    lines.append("| the given clips themselves (the judge's ceiling) | " + "- | " * len(kinds)
+                 + " | ".join(f"{own[k]:.0%}" for k in kinds) + " | - | - | - |")
     seams = []
     for fit in args.methods:
         name = fit_name(fit) + described
         scores, agree, given_scores, worst, at, inside, t0, secs = {}, {}, {}, 0.0, [], [], time.perf_counter(), 0.0
         KNOWN_ERR[0] = 0.0
-        for kind, (key, _, _) in KIND_ATTR.items():
+        for kind, (key, _, _) in kinds.items():
             ok, ok_given, hits = [], [], []
             for j, pair in enumerate(pairs[kind]):
                 parts, given_parts = [], []
@@ -417,9 +427,9 @@ def part_known(args, models, lines, mode):
             print(f"  {mode} {name} {kind}: pairs {scores[kind]:.0%}, judge {agree[kind]:.0%}", flush=True)
         speed = (time.perf_counter() - t0) / secs
         worst = KNOWN_ERR[0] if FIRST_ONLY else worst
-        lines.append(f"| {name} | " + " | ".join(f"{scores[k]:.0%}" for k in KIND_ATTR) + " | "
-                     + " | ".join(f"{agree[k]:.0%}" for k in KIND_ATTR) + " | "
-                     + "/".join(f"{given_scores[k]:.0%}" for k in KIND_ATTR) + f" | {worst:.2e} | {speed:.2f} |")
+        lines.append(f"| {name} | " + " | ".join(f"{scores[k]:.0%}" for k in kinds) + " | "
+                     + " | ".join(f"{agree[k]:.0%}" for k in kinds) + " | "
+                     + "/".join(f"{given_scores[k]:.0%}" for k in kinds) + f" | {worst:.2e} | {speed:.2f} |")
         seams.append(seam_row(name, at, inside))
     lines += ["", "Seam:", ""] + SEAM_HEADER + seams + [""]
 
@@ -622,6 +632,7 @@ def parse(argv=None):
     p.add_argument("--long-clips", type=int, default=40, help="long-judged: prompts of --long-set (a fixed subset if < 40)")
     p.add_argument("--long-kinds", default="tempo,register,drums", help="the kinds of prompt pairs for long-form")
     p.add_argument("--pairs", type=int, default=20, help="real clip pairs per kind for continuation and inpainting")
+    p.add_argument("--kinds", default="tempo,register,drums", help="continue / inpaint: the kinds of clip pairs")
     p.add_argument("--continue-seconds", type=float, default=4.0, help="seconds generated after the given clip")
     p.add_argument("--region", default="1:3", help="inpainting: the seconds regenerated in a 4 s clip")
     p.add_argument("--a2a-clips", type=int, default=20)

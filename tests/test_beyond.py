@@ -304,9 +304,13 @@ def test_a_good_file_is_read_mixed_down_and_resampled(files):
 
 
 def test_reconstruction_guidance_defaults(files):
-    """On for continuation and inpainting, off for long-form, the flag's value wherever given."""
+    """On for inpainting and for a continuation whose prompt is not given the clip's labels, off for a
+    described continuation (the default with a MuLan at hand) and long-form, the flag's value wherever given."""
     ok = str(files / "ok.flac")
-    assert sample.parse_args(["a tune", "--continue", ok])[0].task.fit.guidance == sample.DEFAULT_GUIDANCE > 0
+    described = sample.parse_args(["a tune", "--continue", ok])[0]
+    assert described.describe and described.task.fit.guidance == 0
+    assert sample.parse_args(["a tune", "--continue", ok, "--no-describe"])[0].task.fit.guidance == sample.DEFAULT_GUIDANCE > 0
+    assert sample.parse_args(["a tune", "--continue", ok, "--describe", "--reconstruction-guidance", "2"])[0].task.fit.guidance == 2
     assert sample.parse_args(["a tune", "--inpaint", ok, "--region", "0.5:1"])[0].task.fit.guidance == sample.DEFAULT_GUIDANCE
     assert sample.parse_args(["a tune", "--seconds", "30"])[0].fit.guidance == 0
     assert sample.parse_args(["a tune", "--continue", ok, "--reconstruction-guidance", "0"])[0].task.fit.guidance == 0
