@@ -363,9 +363,9 @@ def part_known(args, models, lines, mode):
                   for kind in pairs}
         prompts = {kind: [[pseudolabel.add_labels(text, heard_) for text, heard_ in zip(texts, heard)]
                           for texts, heard in zip(prompts[kind], labels[kind])] for kind in pairs}
-        as_label = lambda key, value: ("solo", "drums")[value] if key == "drums" else value
-        right = {kind: np.mean([heard_[key] == as_label(key, attrs[key]) for pair, heard in zip(pairs[kind], labels[kind])
-                                for (_, attrs), heard_ in zip(pair, heard)]) for kind, (key, _, _) in kinds.items()}
+        right = {kind: pseudolabel.agreement([list(h.values()) for heard in labels[kind] for h in heard],
+                                             [attrs for pair in pairs[kind] for _, attrs in pair])[key][0]
+                 for kind, (key, _, _) in kinds.items()}
         heard_right = "MuLan's labels (`--describe`) name the given clip's own " + ", ".join(
             f"{k} for {v:.0%}" for k, v in right.items()) + " of the given clips."
         print("  " + heard_right, flush=True)
