@@ -662,11 +662,11 @@ def main(argv=None):
 # one thread each (small 1-D convolutions scale poorly across threads; two processes do better).
 # "text" is the toy text encoder (the MuLan-style model's text tower); the stages that read text
 # wait for it, the vocoder (audio only) starts at once. Every stage trains on real audio (the
-# cascader's input is the real clip taken down to 3.2 kHz), so none waits for another, and the
-# chains are balanced by time: text 6 + wave generator ~85 + super-res 18 minutes against vocoder
-# 40 + spectrogram generator ~72 + cascader 25 + stereo super-res (on the stereo corpus; 33 minutes on a
-# busy CPU, about 9 on a free core, by super-res's speed at half its steps).
-CHAINS = (("text", "wave-generator", "super-res"), ("vocoder", "spec-generator", "cascader", "stereo"))
+# cascader's input is the real clip taken down to 3.2 kHz), so none waits for another. The chains
+# are the waveform path and the spectrogram path (with the stereo super-res), balanced by time:
+# text 6 + wave generator 61 + cascader 15-18 + super-res 21 minutes against vocoder 40 +
+# spectrogram generator 65 + stereo 9 (bench/stage_times.py; bench/results_stage_times.md).
+CHAINS = (("text", "wave-generator", "cascader", "super-res"), ("vocoder", "spec-generator", "stereo"))
 TEXT_STAGES = ("wave-generator", "cascader", "spec-generator")
 
 
