@@ -42,21 +42,32 @@ import plots
 import pseudolabel
 import text
 
-MIN_SECONDS = 0.01      # one log-mel frame
+MIN_SECONDS = 0.1       # the vocoder's mel projection needs more than half its 1024-sample STFT window
+MIN_REGION = 0.1        # an inpainted region shorter than this is mostly the 20 ms cross-fades
 MAX_SECONDS = 600.0
 MAX_W = 100.0           # CFG scales past this only amplify the model's error
 MAX_MEL_FIT = 1000      # Richardson-Lucy rounds per step: more change nothing but the time
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each default said once: not added where the help says its own, or where there is none."""
+
+    def _get_help_string(self, action):
+        none = action.default is None or action.default is False or action.default == ""
+        if none or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     p = data.OneLineParser(description="Generate music from text with the Noise2Music cascade.",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                          formatter_class=HelpFormatter)
     p.add_argument("prompt", nargs="?", help="the text prompt (or use --prompts FILE)")
     p.add_argument("--prompts", help="a file of prompts, one per line")
     p.add_argument("--out", help="output WAV for a single prompt (default: sample.wav)")
     p.add_argument("--out-dir", help="output folder for --prompts: 000.wav, 001.wav, ...")
-    p.add_argument("--pipeline", choices=tuple(cascade.PIPELINES), default=cascade.DEFAULT_PIPELINE,
-                   help="waveform or spectrogram path")
+    p.add_argument("--pipeline", choices=tuple(cascade.PIPELINES), default=None,
+                   help=f"waveform or spectrogram path (default: {cascade.DEFAULT_PIPELINE}; --upsample: wave)")
     p.add_argument("--seconds", type=float, help="clip length (default: the stages' training length)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--ckpt-dir", default="checkpoints/toy", help="folder with one STAGE.pt per stage")
@@ -140,8 +151,12 @@ def parse_region(text, seconds, p):
         start, end = (float(v) for v in text.split(":"))
     except ValueError:
         p.error(f"--region {text}: expected START:END in seconds, e.g. 1.5:2.5")
+    if not start < end:
+        p.error(f"--region {text}: START must come before END")
     if not 0 <= start < end <= seconds:
         p.error(f"--region {text}: outside the clip (0 <= START < END <= {seconds:.3f} s)")
+    if end - start < MIN_REGION:
+        p.error(f"--region {text}: at least {MIN_REGION:g} s must be regenerated")
     return start, end
 
 
@@ -182,6 +197,8 @@ def check_audio_args(args, p, argv=None):
     if mode == "continue" and args.seconds and args.seconds <= task.seconds:
         p.error(f"--seconds {args.seconds:g} must be longer than the --continue clip ({task.seconds:.3f} s)")
     if mode == "upsample":
+        if args.pipeline == "spec":
+            p.error("--upsample runs the waveform path's cascader and super-res; --pipeline spec does not go with it")
         args.pipeline = "wave"
     if args.stereo and mode in ("continue", "inpaint"):
         p.error(f"--stereo does not go with {given[0]} (the given clip, kept exactly, is read as mono)")
@@ -189,22 +206,27 @@ def check_audio_args(args, p, argv=None):
     if args.describe is None:           # the default: keep what the given clip sounds like, where a MuLan is at hand
         args.describe = bool(args.labels) or (mode in ("continue", "inpaint")
                                               and os.path.isfile(os.path.join(args.ckpt_dir, "mulan.pt")))
-    if args.describe:
-        args.prompt_list = describe_prompts(args, wave, p)
-        print("prompts with the given audio's labels:\n" + "\n".join(args.prompt_list), file=sys.stderr)
+    if args.describe:                   # read later, after the checks that need the models (describe_prompts)
+        if args.labels:
+            try:
+                pseudolabel.read_label_sets(args.labels)
+            except pseudolabel.UsageError as e:
+                p.error(f"--describe: {e}")
+        if not os.path.isfile(os.path.join(args.ckpt_dir, "mulan.pt")):
+            p.error(f"--describe: {os.path.join(args.ckpt_dir, 'mulan.pt')}: not found")
     if args.reconstruction_guidance is None and (mode == "inpaint" or mode == "continue" and not args.describe):
         task.fit = args.fit = dataclasses.replace(args.fit, guidance=DEFAULT_GUIDANCE)
 
 
-def describe_prompts(args, wave, p):
-    """The prompts with the given clip's pseudo-labels added (pseudolabel.hear_labels, add_labels);
-    p.error when the MuLan model or the label file cannot be read."""
+def describe_prompts(args, p):
+    """The prompts with the given clip's pseudo-labels added (pseudolabel.hear_labels, add_labels), run
+    after every check; p.error when the MuLan model or the label file cannot be read."""
     try:
         sets = pseudolabel.read_label_sets(args.labels) if args.labels else pseudolabel.TOY_LABEL_SETS
         model = pseudolabel.load_mulan(os.path.join(args.ckpt_dir, "mulan.pt"))
     except (pseudolabel.UsageError, pseudolabel.MulanLoadError) as e:
         p.error(f"--describe: {e}")
-    heard = pseudolabel.hear_labels(model, wave[None], cascade.GIVEN_RATE, sets)[0]
+    heard = pseudolabel.hear_labels(model, args.task.audio[None], cascade.GIVEN_RATE, sets)[0]
     return [pseudolabel.add_labels(prompt, heard, sets) for prompt in args.prompt_list]
 
 
@@ -214,7 +236,7 @@ def check_against_models(task, first, p):
     if task.overlap >= window:
         p.error(f"--overlap {task.overlap:g} must be shorter than the generator's window ({window:g} s)")
     if task.mode == "inpaint" and task.region[1] - task.region[0] >= window:
-        p.error(f"--region: at most {window:g} s can be regenerated (the generator's window)")
+        p.error(f"--region: the region must be shorter than the generator's window ({window:g} s)")
 
 
 def add_knob_flags(p):
@@ -230,6 +252,9 @@ def add_knob_flags(p):
                                f"{cascade.stage_spec(stage, 'toy').sampler} at toy scale, ancestral (eq. 4) at full; "
                                "audio-in modes always use eq. 4 where part of the output is given)")
                 continue
+            if f.name == "schedule":
+                default = (f"Table 3 / the checkpoint's scale; a name ({', '.join(diffusion.STEP_SCHEDULES)}) "
+                           "or a file of deltas")
             if f.name == "keep_band":
                 default = f"{int(cascade.stage_spec(stage).keep_band)}; 1 = the input's band is kept exactly"
             if f.name == "project":
@@ -264,10 +289,14 @@ def parse_args(argv=None):
             raise checks.InputError("--batch-size must be at least 1")
         args.device = checks.resolve_device(args.device)
         args.knobs = _read_knobs(args)
-        check_outputs(args)                 # last: it may create the output folder
     except checks.InputError as e:
         p.error(str(e))
     check_audio_args(args, p)
+    args.pipeline = args.pipeline or cascade.DEFAULT_PIPELINE
+    try:
+        check_outputs(args)                 # last: it may create the output folder
+    except checks.InputError as e:
+        p.error(str(e))
     return args, p
 
 
@@ -351,7 +380,8 @@ def _read_knobs(args):
             raise checks.InputError(f"{flag('keep_band')} must be 0 or 1")
         sched = values["schedule"]
         if sched and sched not in diffusion.STEP_SCHEDULES and not os.path.isfile(sched):
-            raise checks.InputError(f"{flag('schedule')} {sched}: not a schedule name or a file of deltas")
+            raise checks.InputError(f"{flag('schedule')} {sched}: not a schedule name "
+                                    f"({', '.join(diffusion.STEP_SCHEDULES)}) or a file of deltas")
         knobs[stage] = cascade.Sampling(**values)
         if sched:                   # the schedule as the sampler will read it: a file's numbers, a name's stage
             try:
@@ -441,6 +471,9 @@ def main(argv=None):
         task = cascade.AudioTask("long", overlap=args.overlap, fit=args.fit)
     if task is not None:
         check_against_models(task, first, parser)
+    if args.task is not None and args.describe:
+        args.prompt_list = describe_prompts(args, parser)
+        print("prompts with the given audio's labels:\n" + "\n".join(args.prompt_list), file=sys.stderr)
     check_prompts(args.prompt_list, text_encoder[0], stages)
     for flag, why in idle_knobs(args):      # after every check: a refusal stays one line
         print(f"note: {flag} is ignored: {why}", file=sys.stderr)

@@ -276,6 +276,9 @@ def files(tmp_path_factory):
     (["--init", "{d}/junk.wav"], "not readable"),
     (["--upsample", "{d}/short.wav"], "too short"),
     (["--inpaint", "{d}/ok.flac", "--region", "1.5:2.5"], "outside the clip"),
+    (["--inpaint", "{d}/ok.flac", "--region", "1.5:0.5"], "START must come before END"),
+    (["--inpaint", "{d}/ok.flac", "--region", "1:1.001"], "at least 0.1 s"),
+    (["--upsample", "{d}/ok.flac", "--pipeline", "spec"], "does not go with it"),
     (["--inpaint", "{d}/ok.flac", "--region", "abc"], "START:END"),
     (["--inpaint", "{d}/ok.flac"], "needs --region"),
     (["--region", "0:1"], "goes with --inpaint"),
@@ -341,12 +344,29 @@ def test_describe_adds_what_the_shipped_mulan_hears_in_the_given_clip(tmp_path):
     audio, _ = toy_corpus.render_clip(tune, attrs, rng)
     sf.write(tmp_path / "flute.wav", audio, toy_corpus.SAMPLE_RATE)
     clip = str(tmp_path / "flute.wav")
-    args, _ = sample.parse_args(["a slow tune", "--continue", clip, "--describe"])
-    assert args.prompt_list == ["a slow tune, flute, drums"]
-    assert sample.parse_args(["a slow tune", "--inpaint", clip, "--region", "1:2"])[0].prompt_list == \
+
+    def prompts(argv):                  # what sample.main generates from
+        args, p = sample.parse_args(argv)
+        return sample.describe_prompts(args, p) if args.describe else args.prompt_list
+
+    assert prompts(["a slow tune", "--continue", clip, "--describe"]) == ["a slow tune, flute, drums"]
+    assert prompts(["a slow tune", "--inpaint", clip, "--region", "1:2"]) == \
         ["a slow tune, flute, drums"]                                  # the default for continuation and inpainting
-    assert sample.parse_args(["a slow tune", "--continue", clip, "--no-describe"])[0].prompt_list == ["a slow tune"]
-    assert sample.parse_args(["a slow tune", "--init", clip])[0].prompt_list == ["a slow tune"]    # it would undo the prompt
+    assert prompts(["a slow tune", "--continue", clip, "--no-describe"]) == ["a slow tune"]
+    assert prompts(["a slow tune", "--init", clip]) == ["a slow tune"]    # it would undo the prompt
+
+
+def test_refusals_come_before_any_work(files, tmp_path, capsys):
+    """A bad audio-in request leaves no output folder behind, and a check that needs the generator's window
+    refuses before MuLan describes the clip (no labels printed, one line)."""
+    with pytest.raises(SystemExit):
+        sample.parse_args(["a tune", "--continue", str(files / "missing.wav"), "--out", str(tmp_path / "new" / "x.wav")])
+    assert not (tmp_path / "new").exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        sample.main(["a tune", "--continue", str(files / "ok.flac"), "--overlap", "5", "--out", str(tmp_path / "o.wav")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "shorter than the generator's window" in err
 
 
 def test_missing_file_from_the_command_line(files):

@@ -53,7 +53,15 @@ def test_prompts_file_batches_and_names_outputs(ckpts, tmp_path):
     assert (tmp_path / "o" / "000_wave-generator.wav").exists() and (tmp_path / "o" / "000_cascader.png").exists()
 
 
-@pytest.mark.parametrize("args", [["x", "--seconds", "0"], ["x", "--seconds", "-1"], ["x", "--seconds", "1e9"],
+def test_the_shortest_length_runs_through_the_spectrogram_path(ckpts, tmp_path):
+    """sample.MIN_SECONDS is long enough for every stage (the vocoder's mel projection pads by half its window)."""
+    r = _run("slow flute", "--ckpt-dir", ckpts, "--pipeline", "spec", "--seconds", str(sample.MIN_SECONDS),
+             "--out", str(tmp_path / "s.wav"), *FAST)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(sf.read(tmp_path / "s.wav")[0]) == round(24000 * sample.MIN_SECONDS)
+
+
+@pytest.mark.parametrize("args", [["x", "--seconds", "0"], ["x", "--seconds", "0.03"], ["x", "--seconds", "-1"], ["x", "--seconds", "1e9"],
                                   ["x", "--ckpt-dir", "/nonexistent"], [], ["x", "--cascader-gamma", "2"],
                                   ["x", "--vocoder-aug", "1.5"], ["x", "--wave-generator-aug", "0.1"],
                                   ["x", "--cascader-schedule", "back-heavy-eval"], ["x", "--vocoder-schedule", "slow"],
