@@ -167,6 +167,8 @@ def analyze(path, block_seconds=ANALYZE_BLOCK_SECONDS):
         rate = f.samplerate
         for block in f.blocks(blocksize=max(1, int(block_seconds * rate)), dtype="float32", always_2d=True):
             wave = block.mean(axis=1)
+            if not np.isfinite(wave).all():
+                raise ValueError("NaN or infinite samples")
             total += len(wave)
             if total > len(wave) and len(wave) < rate:      # a tail under 1 s after whole blocks: too short to
                 continue                                    # measure alone, counted in the duration
@@ -175,7 +177,7 @@ def analyze(path, block_seconds=ANALYZE_BLOCK_SECONDS):
             e = float(np.square(wave, dtype=np.float64).sum())
             percussive, energy = percussive + percussive_ratio(wave, rate) * e, energy + e
     if total == 0:
-        raise ValueError(f"{path}: no samples")
+        raise ValueError("no samples")
     voiced = [m for m in pitches if np.isfinite(m)]
     pitch = float(np.median(voiced)) if voiced else math.nan
     return {"file": path, "sample_rate": rate, "seconds": total / rate,

@@ -396,6 +396,8 @@ def decode_audio(path, channels=1):
     """
     if not os.path.exists(path):
         raise AudioError("missing file")
+    if os.path.isdir(path):
+        raise AudioError("a folder, not an audio file")
     if os.path.getsize(path) == 0:
         raise AudioError("empty file")
     try:

@@ -103,6 +103,8 @@ def run_fad(args):
 
 def run_analyze(args):
     for path in args.files:
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: {'a folder, not an audio file' if os.path.isdir(path) else 'missing file'}")
         try:
             m = audio_measures.analyze(path)
         except Exception as e:  # an unreadable file is the user's input, not a bug

@@ -274,6 +274,7 @@ def files(tmp_path_factory):
 
 @pytest.mark.parametrize("args,words", [
     (["--init", "{d}/junk.wav"], "not readable"),
+    (["--continue", "{d}"], "a folder, not an audio file"),
     (["--upsample", "{d}/short.wav"], "too short"),
     (["--inpaint", "{d}/ok.flac", "--region", "1.5:2.5"], "outside the clip"),
     (["--inpaint", "{d}/ok.flac", "--region", "1.5:0.5"], "START must come before END"),
