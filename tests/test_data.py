@@ -508,7 +508,7 @@ def test_command_lines(tmp_path):
     assert out.returncode == 0 and "onsets" in out.stdout
     bad = _run("evaluate.py", "analyze", str(tmp_path / "nope.wav"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "missing file" in bad.stderr
-    sf.write(tmp_path / "nan.wav", np.full(3200, np.nan, np.float32), 16000)
+    sf.write(tmp_path / "nan.wav", np.full(3200, np.nan, np.float32), 16000, subtype="FLOAT")
     bad = _run("evaluate.py", "analyze", str(tmp_path / "nan.wav"))
     assert bad.returncode == 2 and bad.stderr.strip().endswith("nan.wav: NaN or infinite samples"), bad.stderr
 
