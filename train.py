@@ -115,6 +115,8 @@ def parse_args(argv=None):
         parser.error(f"--loss-weighting must be one of {', '.join(diffusion.WEIGHTINGS)}")
     if args.loss_weighting is not None and args.stage == "all":
         parser.error("--loss-weighting sets one stage's loss; give that stage with --stage")
+    if args.t5 and args.stage in cascade.STAGES and not cascade.stage_spec(args.stage).has_text:
+        parser.error(f"--t5: the {args.stage} stage reads no text")
     if args.stop_at < 0:
         parser.error("--stop-at must not be negative")
     if args.data and not os.path.exists(args.data):
@@ -357,6 +359,9 @@ def load_resume(cfg, stage):
             raise checks.InputError(f"{path} is an inference export (EMA only); resume from a run folder's checkpoint")
         checks.check_finite_state(ckpt["model"], f"{path} ({stage} weights)")
         checks.check_finite_state(ckpt["ema"], f"{path} ({stage} EMA)")
+        if ckpt["step"] > cfg.steps:
+            raise checks.InputError(f"{path} is at step {ckpt['step']}, past --steps {cfg.steps}; give more steps "
+                                    "to train on")
     except checks.InputError as e:
         refuse(str(e))
     return ckpt
@@ -731,7 +736,8 @@ def run_chain(cfg, chain, results, text_ready):
             if stage in TEXT_STAGES and not text_ready.wait():
                 return
             args = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--scale", "toy", "--out", cfg.out,
-                    "--seed", str(cfg.seed), "--workers", str(cfg.workers)] + (["--t5", cfg.t5] if cfg.t5 else [])
+                    "--seed", str(cfg.seed), "--workers", str(cfg.workers)]
+            args += ["--t5", cfg.t5] if cfg.t5 and stage in TEXT_STAGES else []
             for flag in ("data", "cache_dir", "steps", "batch_size", "eval_every"):
                 if getattr(cfg, flag) != getattr(TrainConfig, flag):
                     args += ["--" + flag.replace("_", "-"), str(getattr(cfg, flag))]

@@ -67,6 +67,8 @@ CASES = [
     ("data.py check: int captions", "8", ["data.py", "check", "{int_captions}"], 2, None),
     ("data.py check: string tags", "8", ["data.py", "check", "{string_tags}"], 2, None),
     ("train --loss-weighting snr", "-", ["train.py", "--stage", "super-res", "--data", "{manifest}", "--out", "{tmp}/r12", "--loss-weighting", "snr", *TRAIN], 2, "{tmp}/r12/super-res.pt"),
+    ("train --t5 for a stage without text", "-", ["train.py", "--stage", "super-res", "--data", "{manifest}", "--out", "{tmp}/r14", "--t5", "{tmp}/no-t5", *TRAIN], 2, "{tmp}/r14/super-res.pt"),
+    ("resume past --steps", "-", ["train.py", "--stage", "super-res", "--data", "{manifest}", "--out", "{swap_run}", "--resume", *TRAIN, "--steps", "1"], 2, None),
     ("train --stage all --loss-weighting unit", "-", ["train.py", "--stage", "all", "--out", "{tmp}/r13", "--loss-weighting", "unit"], 2, "{tmp}/r13"),
     ("--cascader-sampler euler", "-", ["sample.py", "x", "--cascader-sampler", "euler", "--out", "{tmp}/o14.wav"], 2, "{tmp}/o14.wav"),
 ]
@@ -120,11 +122,11 @@ def _short_manifest(folder):
 
 
 def _swapped_run(folder, manifest, root):
-    """A run folder whose cascader.pt is really a one-step super-res training checkpoint."""
+    """A run folder whose cascader.pt is really a super-res training checkpoint (at step 2, as its super-res.pt)."""
     subprocess.run([sys.executable, "train.py", "--stage", "super-res", "--data", manifest, "--out", folder,
-                    "--steps", "1", "--batch-size", "1", "--workers", "0", "--eval-every", "0"],
+                    "--steps", "2", "--batch-size", "1", "--workers", "0", "--eval-every", "0"],
                    cwd=root, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    os.replace(os.path.join(folder, "super-res.pt"), os.path.join(folder, "cascader.pt"))
+    shutil.copy(os.path.join(folder, "super-res.pt"), os.path.join(folder, "cascader.pt"))
     return folder
 
 
@@ -172,7 +174,8 @@ def test_the_refusals_name_what_is_wrong(paths, capsys, monkeypatch):
               "sample swapped files": "holds the vocoder stage, not the cascader",
               "NaN EMA checkpoint": "cascader EMA weights) holds NaN", "w nan": "--wave-generator-w must be a finite",
               "--out-dir with one prompt": "--out-dir goes with --prompts",
-              "data.py check: string tags": '"tags" must be a list of strings'}
+              "data.py check: string tags": '"tags" must be a list of strings',
+              "resume past --steps": "is at step 2, past --steps 1", "train --t5 for a stage without text": "reads no text"}
     for name, _, argv, *_ in CASES:
         if name in expect:
             _, err = run_main(fill(argv, paths), capsys)

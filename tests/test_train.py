@@ -185,3 +185,24 @@ def test_loss_weighting_flag_replaces_the_presets(corpus, tmp_path, monkeypatch)
     assert seen == [cascade.stage_spec("super-res").loss_weighting, "sigma2"] and seen[0] == "unit"
     train.train_stage(_cfg(corpus, tmp_path / "sigma2", steps=2, resume=True), "super-res")
     assert seen[2:] == ["sigma2"]
+
+
+def test_stage_all_gives_t5_only_to_the_stages_that_read_text(tmp_path, monkeypatch):
+    """`--stage all --t5 DIR`: no text-encoder training, and --t5 passed on only where a stage reads text
+    (train.py refuses it for the others)."""
+    calls = []
+
+    def fake_run(args, **kw):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 1, stdout="")      # each chain stops at its first stage
+
+    monkeypatch.setattr(train.subprocess, "run", fake_run)
+    cfg = train.TrainConfig(stage="all", out=str(tmp_path), t5=str(tmp_path / "t5"))
+    ready = train.TextReady()
+    ready.finish(ok=True)
+    for chain in train.CHAINS:
+        train.run_chain(cfg, [s for s in chain if s != "text"], [], ready)
+    staged = {a[a.index("--stage") + 1]: a for a in calls}
+    assert set(staged) == {chain[1] if chain[0] == "text" else chain[0] for chain in train.CHAINS}
+    for stage, args in staged.items():
+        assert ("--t5" in args) == cascade.stage_spec(stage).has_text, (stage, args)
