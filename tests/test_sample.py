@@ -310,3 +310,13 @@ def test_knobs_of_stages_the_pipeline_skips_are_named(ckpts, tmp_path):
         assert flag == unused and why.startswith("--upsample of "), why
     r = _run("x", "--ckpt-dir", ckpts, "--seconds", "0.25", "--out", str(tmp_path / "a.wav"), *FAST)
     assert r.returncode == 0 and "note: --cascader-steps is ignored: --pipeline spec" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("pipeline", ["wave", "spec"])
+def test_the_readme_examples_are_what_the_shipped_checkpoints_make(tmp_path, pipeline):
+    """docs/examples/PIPELINE.wav is `python sample.py "a slow solo flute melody in a major key" --pipeline
+    PIPELINE` from checkpoints/toy (to a few 16-bit steps: thread counts order float sums differently)."""
+    out = str(tmp_path / f"{pipeline}.wav")
+    sample.main(["a slow solo flute melody in a major key", "--pipeline", pipeline, "--out", out, "--device", "cpu"])
+    made, shipped = sf.read(out)[0], sf.read(os.path.join(ROOT, "docs", "examples", f"{pipeline}.wav"))[0]
+    assert made.shape == shipped.shape and np.abs(made - shipped).max() < 0.01, np.abs(made - shipped).max()
