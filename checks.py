@@ -10,6 +10,7 @@ turns it into its one-line message.
 """
 import math
 import os
+import pickle
 import re
 
 import torch
@@ -157,6 +158,17 @@ def check_identity(ckpt, path, stage=None, scale=None):
         raise InputError(f"{path} holds the {ckpt['stage']} stage, not the {stage}")
     if scale is not None and ckpt["scale"] != scale:
         raise InputError(f"{path} holds the {ckpt['stage']} at {ckpt['scale']} scale, not {scale}")
+
+
+def load_problem(error):
+    """One short line for why torch.load failed on a file (torch's own messages run to paragraphs)."""
+    text = " ".join(str(error).split())
+    if "unsupported GLOBAL" in text:
+        return "it holds Python objects beyond tensors (not loaded: loading them could run code)"
+    if isinstance(error, pickle.UnpicklingError) or any(
+            w in text for w in ("hasRecord", "zip archive", "central directory")):
+        return "not a torch checkpoint file (corrupt, truncated or another format)"
+    return (text.split(". ")[0] or type(error).__name__)[:160]
 
 
 def nonfinite_tensors(state):

@@ -408,7 +408,7 @@ def load_models(args, parser, device):
         except checks.InputError as e:
             parser.error(str(e))
         except Exception as e:
-            parser.error(f"cannot read checkpoint {path}: {(str(e).splitlines() or [type(e).__name__])[0]}")
+            parser.error(f"cannot read checkpoint {path}: {checks.load_problem(e)}")
     t5 = stages[cascade.PIPELINES[args.pipeline][0]].t5
     try:
         tokenizer, encoder = text.load_t5(t5, device=device)

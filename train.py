@@ -339,7 +339,7 @@ def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:        # a user-facing one-liner: which file, what went wrong
-        refuse(f"cannot read checkpoint {path}: {(str(e).splitlines() or [type(e).__name__])[0]}")
+        refuse(f"cannot read checkpoint {path}: {checks.load_problem(e)}")
 
 
 def load_resume(cfg, stage):

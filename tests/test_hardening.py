@@ -437,3 +437,18 @@ def measure(root, only=""):
 
 if __name__ == "__main__":
     measure(os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ROOT), *sys.argv[2:3])
+
+
+def test_unreadable_checkpoints_are_named_in_a_short_line(tmp_path):
+    """torch.load's paragraphs become one short reason: a file that is not a checkpoint, and one that holds
+    code to run, which is never loaded."""
+    import checks
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    torch.save({"a": os.system}, tmp_path / "code.pt")
+    reasons = {}
+    for name in ("junk.pt", "code.pt"):
+        with pytest.raises(Exception) as e:
+            torch.load(tmp_path / name, weights_only=True)
+        reasons[name] = checks.load_problem(e.value)
+    assert reasons["junk.pt"].startswith("not a torch checkpoint file") and "code" in reasons["code.pt"]
+    assert all(len(r) < 100 for r in reasons.values())
