@@ -669,8 +669,8 @@ def main(argv=None):
 # wait for it, the vocoder (audio only) starts at once. Every stage trains on real audio (the
 # cascader's input is the real clip taken down to 3.2 kHz), so none waits for another. The chains
 # are the waveform path and the spectrogram path (with the stereo super-res), balanced by time:
-# text 6 + wave generator 61 + cascader 15-18 + super-res 21 minutes against vocoder 40 +
-# spectrogram generator 65 + stereo 9 (bench/stage_times.py; bench/results_stage_times.md).
+# text 8 + wave generator 75 + cascader 17 + super-res 16 minutes against vocoder 45 +
+# spectrogram generator 57 + stereo 9, as timed end to end (bench/results_stage_times.md).
 CHAINS = (("text", "wave-generator", "cascader", "super-res"), ("vocoder", "spec-generator", "stereo"))
 TEXT_STAGES = ("wave-generator", "cascader", "spec-generator")
 
