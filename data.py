@@ -387,6 +387,13 @@ class AudioError(Exception):
     """A file that cannot be used; the message is the reason shown to the user."""
 
 
+def not_a_file(path):
+    """Why `path` cannot be read as audio before opening it ("missing file", a folder), or None."""
+    if os.path.isdir(path):
+        return "a folder, not an audio file"
+    return None if os.path.exists(path) else "missing file"
+
+
 def decode_audio(path, channels=1):
     """Read any file soundfile reads: (float32 audio, sample rate); raise AudioError.
 
@@ -394,10 +401,9 @@ def decode_audio(path, channels=1):
     channels=2: [2 x T] left and right (a stereo stage): a mono file's channel twice, a file of more
     channels its first two.
     """
-    if not os.path.exists(path):
-        raise AudioError("missing file")
-    if os.path.isdir(path):
-        raise AudioError("a folder, not an audio file")
+    problem = not_a_file(path)
+    if problem:
+        raise AudioError(problem)
     if os.path.getsize(path) == 0:
         raise AudioError("empty file")
     try:

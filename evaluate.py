@@ -20,7 +20,7 @@ import numpy as np
 
 import audio_measures
 import sample
-from data import AudioError, OneLineParser, add_dataclass_flags as add_fields, decode_audio, fft_resample
+from data import AudioError, OneLineParser, add_dataclass_flags as add_fields, decode_audio, fft_resample, not_a_file
 from eval_set import EVAL_SECONDS, UsageError, load_embedders, middle
 from metrics import MfccEmbedder, fad, log_mels
 from reports import AblationConfig, ResultsConfig, run_ablations, run_results
@@ -103,8 +103,9 @@ def run_fad(args):
 
 def run_analyze(args):
     for path in args.files:
-        if not os.path.isfile(path):
-            raise UsageError(f"{path}: {'a folder, not an audio file' if os.path.isdir(path) else 'missing file'}")
+        problem = not_a_file(path)
+        if problem:
+            raise UsageError(f"{path}: {problem}")
         try:
             m = audio_measures.analyze(path)
         except Exception as e:  # an unreadable file is the user's input, not a bug

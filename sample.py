@@ -203,31 +203,29 @@ def check_audio_args(args, p, argv=None):
     if args.stereo and mode in ("continue", "inpaint"):
         p.error(f"--stereo does not go with {given[0]} (the given clip, kept exactly, is read as mono)")
     args.task = task
+    mulan = os.path.join(args.ckpt_dir, "mulan.pt")
     if args.describe is None:           # the default: keep what the given clip sounds like, where a MuLan is at hand
-        args.describe = bool(args.labels) or (mode in ("continue", "inpaint")
-                                              and os.path.isfile(os.path.join(args.ckpt_dir, "mulan.pt")))
-    if args.describe:                   # read later, after the checks that need the models (describe_prompts)
-        if args.labels:
-            try:
-                pseudolabel.read_label_sets(args.labels)
-            except pseudolabel.UsageError as e:
-                p.error(f"--describe: {e}")
-        if not os.path.isfile(os.path.join(args.ckpt_dir, "mulan.pt")):
-            p.error(f"--describe: {os.path.join(args.ckpt_dir, 'mulan.pt')}: not found")
+        args.describe = bool(args.labels) or (mode in ("continue", "inpaint") and os.path.isfile(mulan))
+    if args.describe:                   # MuLan listens later, after the checks that need the models (describe_prompts)
+        try:
+            args.label_sets = pseudolabel.read_label_sets(args.labels) if args.labels else pseudolabel.TOY_LABEL_SETS
+        except pseudolabel.UsageError as e:
+            p.error(f"--describe: {e}")
+        if not os.path.isfile(mulan):
+            p.error(f"--describe: {mulan}: not found")
     if args.reconstruction_guidance is None and (mode == "inpaint" or mode == "continue" and not args.describe):
         task.fit = args.fit = dataclasses.replace(args.fit, guidance=DEFAULT_GUIDANCE)
 
 
 def describe_prompts(args, p):
-    """The prompts with the given clip's pseudo-labels added (pseudolabel.hear_labels, add_labels), run
-    after every check; p.error when the MuLan model or the label file cannot be read."""
+    """The prompts with the given clip's pseudo-labels (args.label_sets, read by check_audio_args) added
+    (pseudolabel.hear_labels, add_labels), run after every check; p.error when the MuLan model cannot be read."""
     try:
-        sets = pseudolabel.read_label_sets(args.labels) if args.labels else pseudolabel.TOY_LABEL_SETS
         model = pseudolabel.load_mulan(os.path.join(args.ckpt_dir, "mulan.pt"))
-    except (pseudolabel.UsageError, pseudolabel.MulanLoadError) as e:
+    except pseudolabel.MulanLoadError as e:
         p.error(f"--describe: {e}")
-    heard = pseudolabel.hear_labels(model, args.task.audio[None], cascade.GIVEN_RATE, sets)[0]
-    return [pseudolabel.add_labels(prompt, heard, sets) for prompt in args.prompt_list]
+    heard = pseudolabel.hear_labels(model, args.task.audio[None], cascade.GIVEN_RATE, args.label_sets)[0]
+    return [pseudolabel.add_labels(prompt, heard, args.label_sets) for prompt in args.prompt_list]
 
 
 def check_against_models(task, first, p):

@@ -672,7 +672,7 @@ def main(argv=None):
 # text 8 + wave generator 75 + cascader 17 + super-res 16 minutes against vocoder 45 +
 # spectrogram generator 57 + stereo 9, as timed end to end (bench/results_stage_times.md).
 CHAINS = (("text", "wave-generator", "cascader", "super-res"), ("vocoder", "spec-generator", "stereo"))
-TEXT_STAGES = ("wave-generator", "cascader", "spec-generator")
+TEXT_STAGES = tuple(s for s in cascade.STAGES if cascade.stage_spec(s).has_text)
 
 
 def train_all(cfg):
